@@ -1,0 +1,212 @@
+"""Validated configuration: YAML files + dotted command-line overrides → pydantic models.
+
+Unknown keys and wrong types are errors (``extra="forbid"``), reported as one line per
+problem by :func:`load_config`, never as a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message says why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """What network maps an image to an embedding, and how images are prepared for it."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool = Field(True, description="offline ImageNet weights where available")
+    checkpoint: str | None = Field(None, description="local backbone weights (.safetensors/.pth)")
+    neck: Literal["flatten", "gap", "squeeze"] = "squeeze"
+    norm: Literal["none", "bn", "ln", "ln_bn"] = "ln_bn"
+    embedding_dim: int | None = Field(256, description="None only with neck=gap: raw features")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    image_size: int = Field(224, ge=32, le=1024)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    @field_validator("embedding_dim")
+    @classmethod
+    def _dim_range(cls, value: int | None) -> int | None:
+        if value is not None and not 16 <= value <= 4096:
+            raise ValueError("embedding_dim must be between 16 and 4096 (64-512 is typical)")
+        return value
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation; each probability 0 turns that step off."""
+
+    random_resized_crop: bool = True
+    scale: tuple[float, float] = (0.6, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.33)
+    hflip: float = 0.0
+    rotate_degrees: float = 5.0
+    perspective: float = 0.2
+    color_jitter: float = 0.3
+    grayscale: float = 0.1
+    blur: float = 0.2
+    jpeg_quality: tuple[int, int] | None = (30, 95)
+    jpeg_prob: float = 0.3
+    random_erasing: float = 0.0
+
+
+class DataConfig(_Strict):
+    """Where training images come from and how batches are formed."""
+
+    source: Literal["folder", "csv", "synthetic"] = "synthetic"
+    root: str | None = Field(None, description="folder root, or dataset folder with labels.csv")
+    split: str = "train"
+    instance_as_class: bool = Field(False, description="each image its own class (K views)")
+    views_per_instance: int = Field(2, ge=1, description="K augmented views per image/batch")
+    images_per_class: int = Field(2, ge=1, description="M for the class-balanced sampler")
+    min_images_per_class: int = Field(1, ge=1)
+    synthetic_classes: int = Field(2000, ge=2)
+    synthetic_images_per_class: int = Field(1, ge=1)
+    synthetic_seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+
+
+class LossConfig(_Strict):
+    """The margin head over class centres."""
+
+    name: Literal["cosface", "arcface", "combined", "normsoftmax", "softmax"] = "cosface"
+    s: float | None = None
+    m: float | None = None
+    m1: float | None = None
+    m2: float | None = None
+    m3: float | None = None
+    easy_margin: bool = False
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0, description="PartialFC negative sampling")
+
+
+class TrainConfig(_Strict):
+    """Optimisation, precision, checkpointing and logging."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
+    batch_size: int = Field(32, ge=2)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    head_lr: float | None = Field(None, gt=0.0, description="defaults to lr")
+    weight_decay: float = Field(0.05, ge=0.0)
+    momentum: float = 0.9
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"
+    autocast: Literal["none", "bf16", "fp16"] = "none"
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+
+
+class EvalConfig(_Strict):
+    """Evaluation during/after training on class-disjoint data."""
+
+    source: Literal["folder", "csv", "synthetic", "none"] = "synthetic"
+    root: str | None = None
+    split: str = "test"
+    synthetic_classes: int = Field(40, ge=2)
+    synthetic_images_per_class: int = Field(4, ge=2)
+    synthetic_seed: int = 1000
+    every: int | None = Field(None, ge=1, description="evaluate every N steps (None: at end)")
+    target_far: float = Field(1e-3, gt=0.0, lt=1.0)
+    batch_size: int = Field(64, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    """One training experiment: model, data, loss, optimisation and evaluation."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.epochs=3", "model.neck=gap"]`` into a nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override")
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """Render pydantic errors as ``key.path: message`` lines."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{where}: {msg}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an :class:`ExperimentConfig` from YAML (optional) plus dotted overrides.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key/value is invalid.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        data = loaded
+    data = deep_merge(data, parse_overrides(overrides or []))
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        source = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{source}{format_validation_error(exc)}") from exc

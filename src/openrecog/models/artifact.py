@@ -1,0 +1,163 @@
+"""Model artifacts: a directory with ``config.json`` + ``weights.safetensors``, never pickle.
+
+``config.json`` carries the model configuration, the preprocessing (size, mean, std) and a
+SHA-256 of the weights file, which :func:`load_artifact` verifies before reading any tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+
+from openrecog.config import ModelConfig, format_validation_error
+from openrecog.models.embedder import Embedder, resolve_preprocessing
+
+ARTIFACT_FORMAT = "openrecog-model"
+ARTIFACT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+class ArtifactError(ValueError):
+    """A model directory that is missing, incomplete, tampered with or of another format."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_artifact(path: str | Path) -> bool:
+    """Return True if ``path`` looks like a model artifact directory."""
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def save_artifact(model: Embedder, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to the directory ``path`` atomically (temp dir, then rename).
+
+    An existing artifact at ``path`` is replaced only once the new one is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        config = {
+            "format": ARTIFACT_FORMAT,
+            "version": ARTIFACT_VERSION,
+            "model": model.config.model_dump(mode="json"),
+            "preprocessing": resolve_preprocessing(model.config),
+            "embedding_dim": model.embedding_dim,
+            "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
+            "metadata": metadata or {},
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        replace_dir(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the complete directory ``src`` to ``dst``, replacing ``dst`` near-atomically.
+
+    POSIX cannot rename over a non-empty directory, so the old one is first renamed aside;
+    a crash between the two renames leaves ``dst.old-*`` which :func:`recover_dir` restores.
+    """
+    for handle_path in src.rglob("*"):
+        if handle_path.is_file():
+            _fsync(handle_path)
+    if dst.exists():
+        aside = dst.with_name(f"{dst.name}.old-{os.getpid()}")
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.rename(dst, aside)
+        os.rename(src, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(src, dst)
+    _fsync_dir(dst.parent)
+
+
+def recover_dir(path: Path) -> None:
+    """Restore ``path`` from a leftover ``path.old-*`` if a replace was interrupted."""
+    if path.exists():
+        return
+    for aside in sorted(path.parent.glob(f"{path.name}.old-*")):
+        os.rename(aside, path)
+        return
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_artifact_config(path: str | Path) -> dict[str, Any]:
+    """Read and check ``config.json`` of an artifact directory."""
+    path = Path(path)
+    recover_dir(path)
+    if not path.is_dir():
+        raise ArtifactError(f"model not found: {path}")
+    if not is_artifact(path):
+        raise ArtifactError(f"{path}: not a model artifact (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path / CONFIG_FILE}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or config.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"{path}: not an {ARTIFACT_FORMAT} artifact")
+    if config.get("version", 0) > ARTIFACT_VERSION:
+        raise ArtifactError(f"{path}: artifact version {config['version']} is newer than supported")
+    return config
+
+
+def load_artifact(path: str | Path, verify: bool = True) -> Embedder:
+    """Load an :class:`Embedder` from an artifact directory.
+
+    Raises:
+        ArtifactError: missing files, bad JSON, checksum mismatch or weights that do not fit.
+    """
+    path = Path(path)
+    config = read_artifact_config(path)
+    weights = path / WEIGHTS_FILE
+    if verify and sha256_file(weights) != config.get("weights_sha256"):
+        raise ArtifactError(f"{weights}: checksum mismatch (file changed or corrupted)")
+    try:
+        model_config = ModelConfig.model_validate(config["model"])
+    except (KeyError, ValidationError) as exc:
+        detail = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ArtifactError(f"{path / CONFIG_FILE}: bad model section ({detail})") from exc
+    model = Embedder(model_config, load_pretrained=False)
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except Exception as exc:  # safetensors and torch raise several types for bad files
+        raise ArtifactError(f"{weights}: weights do not fit the model ({exc})") from exc
+    model.artifact_metadata = config.get("metadata", {})
+    return model.eval()

@@ -1,0 +1,85 @@
+"""The embedding contract: RGB image batch → L2-normalised float32 vectors."""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openrecog.config import ModelConfig
+from openrecog.models.necks import Neck
+from openrecog.models.pretrained import has_offline_weights, load_offline_pretrained
+from openrecog.models.weights import load_backbone_checkpoint
+
+
+class Embedder(nn.Module):
+    """``backbone.forward_features`` → :class:`Neck` → L2 normalisation.
+
+    Attributes:
+        config: the :class:`ModelConfig` the module was built from.
+        embedding_dim: length of the output vectors.
+    """
+
+    def __init__(self, config: ModelConfig, load_pretrained: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        try:
+            self.backbone = timm.create_model(
+                config.backbone, pretrained=False, num_classes=0, global_pool=""
+            )
+        except RuntimeError as exc:  # timm raises RuntimeError for unknown names
+            raise ValueError(f"unknown timm backbone {config.backbone!r}: {exc}") from exc
+        if load_pretrained:
+            if config.checkpoint:
+                load_backbone_checkpoint(self.backbone, config.checkpoint)
+            elif config.pretrained:
+                if not has_offline_weights(config.backbone):
+                    raise ValueError(
+                        f"no offline pretrained weights for {config.backbone!r}; set "
+                        "model.pretrained=false (random init) or model.checkpoint=PATH"
+                    )
+                load_offline_pretrained(self.backbone, config.backbone)
+        channels, feature_size = self._probe_features(config.image_size)
+        self.neck = Neck(
+            config.neck,
+            channels,
+            feature_size,
+            config.embedding_dim,
+            norm=config.norm,
+            dropout=config.dropout,
+        )
+        self.embedding_dim = self.neck.out_dim
+
+    @torch.no_grad()
+    def _probe_features(self, image_size: int) -> tuple[int, tuple[int, int]]:
+        """Run a dummy image through the backbone to learn its feature-map shape."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        features = self.backbone.forward_features(torch.zeros(1, 3, image_size, image_size))
+        self.backbone.train(was_training)
+        return features.shape[1], (features.shape[2], features.shape[3])
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone feature map ``(B, C, H, W)``."""
+        return self.backbone.forward_features(images)
+
+    def forward_unnormalized(self, images: torch.Tensor) -> torch.Tensor:
+        """Embedding before L2 normalisation (what margin heads normalise themselves)."""
+        return self.neck(self.forward_features(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float32 embeddings ``(B, embedding_dim)``."""
+        return F.normalize(self.forward_unnormalized(images).float(), dim=-1)
+
+
+def resolve_preprocessing(config: ModelConfig) -> dict:
+    """Mean/std/size for ``config``: explicit values win, else the timm default of the backbone."""
+    mean, std = config.mean, config.std
+    if mean is None or std is None:
+        cfg = timm.get_pretrained_cfg(config.backbone)
+        default_mean = tuple(cfg.mean) if cfg is not None else (0.485, 0.456, 0.406)
+        default_std = tuple(cfg.std) if cfg is not None else (0.229, 0.224, 0.225)
+        mean = mean or default_mean
+        std = std or default_std
+    return {"image_size": config.image_size, "mean": list(mean), "std": list(std)}
