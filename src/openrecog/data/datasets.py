@@ -1,0 +1,179 @@
+"""Labelled image datasets: class-per-folder, ``labels.csv`` and instance-as-class.
+
+Every dataset here exposes ``labels`` (one int per item), ``class_names`` and
+``__getitem__(i) -> (PIL image, label)``; augmentation is applied by
+:class:`AugmentedDataset`, which the samplers drive with per-sample seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from openrecog.data.images import check_image, list_image_files, load_image
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as given; the message says what to fix."""
+
+
+@dataclass
+class SkippedFile:
+    """A file left out of a dataset and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageListDataset(Dataset):
+    """A list of ``(path, label)`` with class names; loads images lazily as RGB."""
+
+    paths: list[Path]
+    labels: list[int]
+    class_names: list[str]
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        """Load image ``index`` as RGB with its label."""
+        return load_image(self.paths[index]), self.labels[index]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    def class_counts(self) -> Counter:
+        """Images per class index."""
+        return Counter(self.labels)
+
+    def filter_min_images(self, min_images: int) -> ImageListDataset:
+        """Drop classes with fewer than ``min_images`` images (re-indexing the rest)."""
+        counts = self.class_counts()
+        keep = [c for c in range(self.num_classes) if counts[c] >= min_images]
+        return self._subset_classes(keep)
+
+    def instance_as_class(self) -> ImageListDataset:
+        """The same images, each its own class (DocClassifier's instance discrimination)."""
+        names = [f"{self.class_names[lab]}/{p.name}" for p, lab in zip(self.paths, self.labels)]
+        return ImageListDataset(list(self.paths), list(range(len(self.paths))), names, self.skipped)
+
+    def _subset_classes(self, keep: list[int]) -> ImageListDataset:
+        remap = {old: new for new, old in enumerate(keep)}
+        pairs = [(p, remap[lab]) for p, lab in zip(self.paths, self.labels) if lab in remap]
+        return ImageListDataset(
+            [p for p, _ in pairs],
+            [lab for _, lab in pairs],
+            [self.class_names[c] for c in keep],
+            self.skipped,
+        )
+
+
+def _build(items: list[tuple[Path, str]], check: bool, where: str) -> ImageListDataset:
+    skipped: list[SkippedFile] = []
+    good: list[tuple[Path, str]] = []
+    for path, label in items:
+        reason = check_image(path) if check else None
+        if reason:
+            skipped.append(SkippedFile(str(path), reason))
+        else:
+            good.append((path, label))
+    if not good:
+        detail = f" ({len(skipped)} unreadable files skipped)" if skipped else ""
+        raise DatasetError(f"{where}: no usable images found{detail}")
+    class_names = sorted({label for _, label in good})
+    index = {name: i for i, name in enumerate(class_names)}
+    return ImageListDataset(
+        [p for p, _ in good], [index[lab] for _, lab in good], class_names, skipped
+    )
+
+
+def folder_dataset(root: str | Path, check: bool = True) -> ImageListDataset:
+    """Class-per-folder dataset: ``root/<class>/**/<image>``.
+
+    Files directly in ``root`` are classes of their own, named by file stem (the DocClassifier
+    "one file per class" layout). Unreadable files are skipped and listed in ``skipped``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: folder not found")
+    items: list[tuple[Path, str]] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            items.extend((p, entry.name) for p in list_image_files(entry))
+        elif entry.is_file() and entry in list_image_files(root, recursive=False):
+            items.append((entry, entry.stem))
+    if not items:
+        raise DatasetError(f"{root}: no image files found (expected <class>/<image> or <image>)")
+    return _build(items, check, str(root))
+
+
+def csv_dataset(root: str | Path, split: str | None = None, check: bool = True) -> ImageListDataset:
+    """Dataset from ``root/labels.csv`` with columns ``path,label[,split]``.
+
+    ``split`` keeps only rows whose ``split`` column matches (e.g. ``train``/``test``).
+    """
+    root = Path(root)
+    csv_path = root / "labels.csv" if root.is_dir() else root
+    base = csv_path.parent
+    if not csv_path.is_file():
+        raise DatasetError(f"{csv_path}: labels.csv not found")
+    with open(csv_path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or [])
+        if not {"path", "label"} <= columns:
+            raise DatasetError(f"{csv_path}: needs columns path,label[,split]; has {sorted(columns)}")
+        if split is not None and "split" not in columns:
+            raise DatasetError(f"{csv_path}: no split column, cannot select split {split!r}")
+        rows = [r for r in reader if split is None or r.get("split") == split]
+    if not rows:
+        raise DatasetError(f"{csv_path}: no rows for split {split!r}")
+    items = [(base / r["path"], r["label"]) for r in rows]
+    return _build(items, check, str(csv_path))
+
+
+class AugmentedDataset(Dataset):
+    """Applies a random transform with a per-sample seed, making every view reproducible.
+
+    Samplers yield ``(index, seed)`` keys; seeding the transform from the key (instead of the
+    global RNG) makes augmentation independent of worker count and lets a resumed run see
+    exactly the views an uninterrupted run would have seen.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """Load item ``index`` and transform it under ``seed``."""
+        index, seed = key if isinstance(key, tuple) else (key, key)
+        if hasattr(self.base, "get_view"):
+            # Generated data renders a fresh instance per view (new text, same template).
+            image, label = self.base.get_view(index, seed)
+        else:
+            image, label = self.base[index]
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            try:
+                tensor = self.transform(image)
+            finally:
+                random.setstate(py_state)
+        return tensor, label

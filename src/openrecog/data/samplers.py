@@ -1,0 +1,86 @@
+"""Batch samplers that put several views/images of each class in every batch."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class ClassBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``batch_size // m_per_class`` classes × ``m_per_class`` items each.
+
+    Classes with fewer than ``m`` images are drawn with repetition, so each repeat is another
+    augmented view — with one image per class this *is* instance-as-class training with K=m
+    views. Every class appears once per epoch. Yields ``(index, augmentation_seed)`` pairs;
+    the order is a pure function of ``(seed, epoch)``, so :meth:`state_dict` only needs the
+    epoch and the position inside it for an exact resume.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        m_per_class: int,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
+        if m_per_class < 1 or batch_size < m_per_class:
+            raise ValueError(f"need 1 <= m_per_class ({m_per_class}) <= batch_size ({batch_size})")
+        by_class: dict[int, list[int]] = defaultdict(list)
+        for index, label in enumerate(labels):
+            by_class[int(label)].append(index)
+        self.classes = sorted(by_class)
+        self.by_class = {c: np.asarray(v) for c, v in by_class.items()}
+        self.m = m_per_class
+        self.classes_per_batch = batch_size // m_per_class
+        if len(self.classes) < 2:
+            raise ValueError("need at least 2 classes to train an embedding")
+        self.classes_per_batch = min(self.classes_per_batch, len(self.classes))
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start_batch = 0
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.classes), self.classes_per_batch)
+        return full + (0 if self.drop_last or rest == 0 else 1)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order and skip its first ``start_batch`` batches (resume)."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def state_dict(self) -> dict[str, int]:
+        """What an exact resume needs."""
+        return {"epoch": self.epoch, "start_batch": self.start_batch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.seed = state["seed"]
+        self.set_epoch(state["epoch"], state["start_batch"])
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        """Yield the batches of the current epoch from ``start_batch`` on."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.classes))
+        batches = [
+            order[i : i + self.classes_per_batch]
+            for i in range(0, len(order), self.classes_per_batch)
+        ]
+        if self.drop_last and batches and len(batches[-1]) < self.classes_per_batch:
+            batches.pop()
+        seeds = rng.integers(0, 2**31 - 1, size=(len(batches), self.classes_per_batch * self.m))
+        for b, class_ids in enumerate(batches):
+            # Draw for every batch even when skipping so RNG use never depends on start_batch.
+            picks = []
+            for ci in class_ids:
+                pool = self.by_class[self.classes[ci]]
+                replace = len(pool) < self.m
+                picks.extend(rng.choice(pool, size=self.m, replace=replace).tolist())
+            if b < self.start_batch:
+                continue
+            yield [(int(idx), int(s)) for idx, s in zip(picks, seeds[b])]
+        self.start_batch = 0

@@ -1,0 +1,63 @@
+"""Image → tensor pipelines for training (augmented) and inference (deterministic)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from openrecog.config import AugmentConfig
+
+
+def build_eval_transform(
+    image_size: int, mean: list[float], std: list[float]
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Resize (squash) to ``image_size``², to float tensor, normalise.
+
+    Squashing rather than center-cropping keeps the whole document page in view; the
+    aspect distortion is the same at registration and query time.
+    """
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((image_size, image_size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+def build_train_transform(
+    image_size: int, mean: list[float], std: list[float], cfg: AugmentConfig
+) -> Callable[[Image.Image], torch.Tensor]:
+    """The configurable training augmentation pipeline (see :class:`AugmentConfig`)."""
+    steps: list[Callable] = [v2.ToImage()]
+    if cfg.rotate_degrees > 0:
+        steps.append(v2.RandomRotation(cfg.rotate_degrees, fill=255, expand=False))
+    if cfg.perspective > 0:
+        steps.append(v2.RandomPerspective(distortion_scale=cfg.perspective, p=0.5, fill=255))
+    if cfg.random_resized_crop:
+        steps.append(
+            v2.RandomResizedCrop(
+                (image_size, image_size), scale=cfg.scale, ratio=cfg.ratio, antialias=True
+            )
+        )
+    else:
+        steps.append(v2.Resize((image_size, image_size), antialias=True))
+    if cfg.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(cfg.hflip))
+    if cfg.color_jitter > 0:
+        j = cfg.color_jitter
+        steps.append(v2.RandomApply([v2.ColorJitter(j, j, j, min(0.1, j / 3))], p=0.8))
+    if cfg.grayscale > 0:
+        steps.append(v2.RandomGrayscale(cfg.grayscale))
+    if cfg.blur > 0:
+        steps.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=cfg.blur))
+    if cfg.jpeg_quality is not None and cfg.jpeg_prob > 0:
+        steps.append(v2.RandomApply([v2.JPEG(list(cfg.jpeg_quality))], p=cfg.jpeg_prob))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if cfg.random_erasing > 0:
+        steps.append(v2.RandomErasing(p=cfg.random_erasing, value=0))
+    return v2.Compose(steps)
