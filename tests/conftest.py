@@ -20,8 +20,16 @@ def draw_pattern(kind: int, variant: int, size: int = 96) -> Image.Image:
     rng = np.random.default_rng(kind * 1000 + variant)
     image = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(200, 256, 3)))
     draw = ImageDraw.Draw(image)
-    colour = [(200, 30, 30), (30, 160, 30), (30, 30, 200), (200, 160, 0), (120, 0, 160),
-              (0, 150, 150), (90, 90, 90), (230, 100, 0)][kind % 8]
+    colour = [
+        (200, 30, 30),
+        (30, 160, 30),
+        (30, 30, 200),
+        (200, 160, 0),
+        (120, 0, 160),
+        (0, 150, 150),
+        (90, 90, 90),
+        (230, 100, 0),
+    ][kind % 8]
     jitter = int(rng.integers(-6, 7))
     c = size // 2 + jitter
     r = size // 3

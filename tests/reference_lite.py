@@ -30,8 +30,13 @@ def _conv(x, w, stride=1, groups=1):
 
 def _bn(x, sd, prefix):
     return F.batch_norm(
-        x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"],
-        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], training=False, eps=BN_EPS,
+        x,
+        sd[f"{prefix}.running_mean"],
+        sd[f"{prefix}.running_var"],
+        sd[f"{prefix}.weight"],
+        sd[f"{prefix}.bias"],
+        training=False,
+        eps=BN_EPS,
     )
 
 

@@ -5,7 +5,9 @@ from openrecog.config import ConfigError, load_config, parse_overrides
 
 def test_overrides_are_typed_and_nested() -> None:
     assert parse_overrides(["train.epochs=3", "model.neck=gap", "loss.s=30.5"]) == {
-        "train": {"epochs": 3}, "model": {"neck": "gap"}, "loss": {"s": 30.5}
+        "train": {"epochs": 3},
+        "model": {"neck": "gap"},
+        "loss": {"s": 30.5},
     }
 
 
@@ -50,7 +52,9 @@ def test_missing_and_malformed_files(tmp_path) -> None:
 def test_shipped_configs_validate() -> None:
     from pathlib import Path
 
-    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-    assert configs
+    root = Path(__file__).parents[1]
+    configs = sorted((root / "configs").glob("*.yaml"))
+    configs += sorted((root / "src" / "openrecog" / "configs").glob("*.yaml"))
+    assert len(configs) >= 3
     for path in configs:
         load_config(path)

@@ -41,7 +41,7 @@ def test_empty_and_missing_folders(tmp_path) -> None:
 
 def test_csv_dataset_with_splits(tmp_path, pattern_folder) -> None:
     rows = ["path,label,split"]
-    for i, path in enumerate(sorted(pattern_folder.rglob("*.png"))):
+    for _i, path in enumerate(sorted(pattern_folder.rglob("*.png"))):
         split = "test" if path.parent.name in {"class_4", "class_5"} else "train"
         rows.append(f"{path.relative_to(pattern_folder)},{path.parent.name},{split}")
     (pattern_folder / "labels.csv").write_text("\n".join(rows))
@@ -90,7 +90,8 @@ def test_sampler_resume_reproduces_the_rest_of_the_epoch() -> None:
 
 def test_augmented_views_are_seeded(pattern_folder) -> None:
     dataset = AugmentedDataset(
-        folder_dataset(pattern_folder), build_train_transform(64, [0.5] * 3, [0.5] * 3, AugmentConfig())
+        folder_dataset(pattern_folder),
+        build_train_transform(64, [0.5] * 3, [0.5] * 3, AugmentConfig()),
     )
     a, _ = dataset[(0, 11)]
     b, _ = dataset[(0, 11)]

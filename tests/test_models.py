@@ -106,8 +106,10 @@ def test_local_checkpoint_path(tmp_path) -> None:
     from safetensors.torch import save_file
 
     source = create_model("docclassifier_lcnet050", image_size=64)
-    save_file({k: v.contiguous() for k, v in source.backbone.state_dict().items()},
-              str(tmp_path / "bb.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in source.backbone.state_dict().items()},
+        str(tmp_path / "bb.safetensors"),
+    )
     model = Embedder(ModelConfig(**{**TINY, "checkpoint": str(tmp_path / "bb.safetensors")}))
     torch.testing.assert_close(model.backbone.conv_stem.weight, source.backbone.conv_stem.weight)
     with pytest.raises(FileNotFoundError):

@@ -10,8 +10,9 @@ from openrecog.data import synthetic as syn
 
 
 def _gray_small(img: Image.Image, side: int = 32) -> np.ndarray:
-    return np.asarray(img.convert("L").resize((side, side), Image.Resampling.BILINEAR),
-                      dtype=np.float32)
+    return np.asarray(
+        img.convert("L").resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32
+    )
 
 
 def _index_of_kind(kind: str, seed: int = 0) -> int:
@@ -69,8 +70,10 @@ def test_all_kinds_and_page_shapes():
 
 
 def test_different_templates_look_different():
-    imgs = [_gray_small(syn.render(syn.make_template(i), random.Random(0), degrade=False))
-            for i in range(6)]
+    imgs = [
+        _gray_small(syn.render(syn.make_template(i), random.Random(0), degrade=False))
+        for i in range(6)
+    ]
     for i in range(len(imgs)):
         for j in range(i + 1, len(imgs)):
             assert np.abs(imgs[i] - imgs[j]).mean() > 1.0
@@ -81,8 +84,9 @@ def test_instances_vary_but_stay_closer_than_other_templates():
     feats = []
     for t in range(n_templates):
         tpl = syn.make_template(t, seed=1)
-        raw = [syn.render(tpl, random.Random(1000 * t + k), degrade=False)
-               for k in range(n_instances)]
+        raw = [
+            syn.render(tpl, random.Random(1000 * t + k), degrade=False) for k in range(n_instances)
+        ]
         # Field contents must change from one instance to the next.
         assert not np.array_equal(np.asarray(raw[0]), np.asarray(raw[1]))
         feats.append([_gray_small(im) for im in raw])
@@ -106,10 +110,12 @@ def test_degraded_instances_still_resemble_their_template():
         return a / (a.std() + 1e-6)
 
     n = 8
-    clean = np.stack([norm(syn.render(syn.make_template(t), random.Random(t), degrade=False))
-                      for t in range(n)])
-    noisy = np.stack([norm(syn.render(syn.make_template(t), random.Random(t + 50)))
-                      for t in range(n)])
+    clean = np.stack(
+        [norm(syn.render(syn.make_template(t), random.Random(t), degrade=False)) for t in range(n)]
+    )
+    noisy = np.stack(
+        [norm(syn.render(syn.make_template(t), random.Random(t + 50))) for t in range(n)]
+    )
     corr = noisy @ clean.T / clean.shape[1]
     own = np.diag(corr).mean()
     other = (corr.sum() - np.trace(corr)) / (n * (n - 1))
@@ -117,8 +123,7 @@ def test_degraded_instances_still_resemble_their_template():
 
 
 def test_generate_folder(tmp_path: Path):
-    root = syn.generate_folder(tmp_path / "ds", num_classes=3, images_per_class=2, seed=0,
-                               size=96)
+    root = syn.generate_folder(tmp_path / "ds", num_classes=3, images_per_class=2, seed=0, size=96)
     assert root == tmp_path / "ds"
     files = sorted(root.rglob("*.jpg"))
     assert len(files) == 6
@@ -138,8 +143,15 @@ def test_generate_folder(tmp_path: Path):
             assert im.mode == "RGB"
 
     # Appending a disjoint class range with another split keeps a single header.
-    syn.generate_folder(root, num_classes=2, images_per_class=1, start_index=3, size=96,
-                        split="query", progress=True)
+    syn.generate_folder(
+        root,
+        num_classes=2,
+        images_per_class=1,
+        start_index=3,
+        size=96,
+        split="query",
+        progress=True,
+    )
     lines = (root / "labels.csv").read_text().splitlines()
     assert lines[0] == "path,label,split"
     assert sum(line.startswith("path,") for line in lines) == 1
@@ -182,8 +194,9 @@ def test_dataset():
 
 
 def test_dataset_transform_and_start_index():
-    ds = syn.SyntheticDocumentDataset(2, 1, start_index=10, size=48, degrade=False,
-                                      transform=lambda im: np.asarray(im).shape)
+    ds = syn.SyntheticDocumentDataset(
+        2, 1, start_index=10, size=48, degrade=False, transform=lambda im: np.asarray(im).shape
+    )
     shape, label = ds[1]
     assert label == 1
     assert len(shape) == 3 and shape[2] == 3

@@ -108,6 +108,7 @@ class TrainConfig(_Strict):
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
     grad_clip: float | None = Field(5.0, gt=0.0)
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
+    channels_last: bool = Field(True, description="NHWC memory format (faster convs on CPU/GPU)")
     autocast: Literal["none", "bf16", "fp16"] = "none"
     checkpoint_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -184,7 +185,9 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
     """Load an :class:`ExperimentConfig` from YAML (optional) plus dotted overrides.
 
     Raises:

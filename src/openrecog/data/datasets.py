@@ -66,12 +66,17 @@ class ImageListDataset(Dataset):
 
     def instance_as_class(self) -> ImageListDataset:
         """The same images, each its own class (DocClassifier's instance discrimination)."""
-        names = [f"{self.class_names[lab]}/{p.name}" for p, lab in zip(self.paths, self.labels)]
+        names = [
+            f"{self.class_names[lab]}/{p.name}"
+            for p, lab in zip(self.paths, self.labels, strict=False)
+        ]
         return ImageListDataset(list(self.paths), list(range(len(self.paths))), names, self.skipped)
 
     def _subset_classes(self, keep: list[int]) -> ImageListDataset:
         remap = {old: new for new, old in enumerate(keep)}
-        pairs = [(p, remap[lab]) for p, lab in zip(self.paths, self.labels) if lab in remap]
+        pairs = [
+            (p, remap[lab]) for p, lab in zip(self.paths, self.labels, strict=False) if lab in remap
+        ]
         return ImageListDataset(
             [p for p, _ in pairs],
             [lab for _, lab in pairs],
@@ -135,7 +140,9 @@ def csv_dataset(root: str | Path, split: str | None = None, check: bool = True) 
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or [])
         if not {"path", "label"} <= columns:
-            raise DatasetError(f"{csv_path}: needs columns path,label[,split]; has {sorted(columns)}")
+            raise DatasetError(
+                f"{csv_path}: needs columns path,label[,split]; has {sorted(columns)}"
+            )
         if split is not None and "split" not in columns:
             raise DatasetError(f"{csv_path}: no split column, cannot select split {split!r}")
         rows = [r for r in reader if split is None or r.get("split") == split]

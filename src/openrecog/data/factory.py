@@ -11,7 +11,9 @@ if TYPE_CHECKING:
     from openrecog.data.synthetic_views import SyntheticTemplateViews
 
 
-def build_train_dataset(cfg: DataConfig, image_size: int) -> ImageListDataset | SyntheticTemplateViews:
+def build_train_dataset(
+    cfg: DataConfig, image_size: int
+) -> ImageListDataset | SyntheticTemplateViews:
     """The training dataset of ``cfg`` (before augmentation)."""
     if cfg.source == "synthetic":
         from openrecog.data.synthetic_views import SyntheticTemplateViews

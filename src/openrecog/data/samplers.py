@@ -82,5 +82,5 @@ class ClassBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
                 picks.extend(rng.choice(pool, size=self.m, replace=replace).tolist())
             if b < self.start_batch:
                 continue
-            yield [(int(idx), int(s)) for idx, s in zip(picks, seeds[b])]
+            yield [(int(idx), int(s)) for idx, s in zip(picks, seeds[b], strict=False)]
         self.start_batch = 0

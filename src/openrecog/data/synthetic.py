@@ -66,161 +66,734 @@ _FONT_BLOCKLIST = ("math", "emoji", "symbol", "wingding", "dingbat", "braille", 
 # --------------------------------------------------------------------------------------------
 
 _COMPANY_WORDS = (
-    "NORTHWIND", "BLUEPEAK", "SILVERLINE", "ORION", "MERIDIAN", "HARBOR", "EVERGREEN",
-    "SUMMIT", "ATLAS", "CRESTVIEW", "PINNACLE", "REDWOOD", "IRONBRIDGE", "CLEARWATER",
-    "GOLDLEAF", "STARLING", "BRIGHTON", "KESTREL", "WESTGATE", "OAKRIDGE", "FALCON",
-    "LAKESIDE", "SUNRISE", "GRANITE", "COPPERFIELD", "NOVA", "POLARIS", "AURORA", "HIGHLAND",
-    "RIVERSTONE", "MAPLE", "CEDAR", "VANGUARD", "BEACON", "TRIDENT", "ZENITH", "SEAVIEW",
-    "STONEBRIDGE", "ASHFORD", "LINDEN", "HORIZON", "CASCADE", "ARGENT", "QUANTUM", "ELMWOOD",
-    "FAIRMONT", "GREENFIELD", "PARAGON", "SAPPHIRE", "TALLWOOD", "BLACKROCK", "WILLOWBY",
-    "NORDIC", "SOLSTICE", "HAWTHORN", "MIDLAND", "PACIFIC", "CAMBRIDGE", "VERTEX", "ALDER",
+    "NORTHWIND",
+    "BLUEPEAK",
+    "SILVERLINE",
+    "ORION",
+    "MERIDIAN",
+    "HARBOR",
+    "EVERGREEN",
+    "SUMMIT",
+    "ATLAS",
+    "CRESTVIEW",
+    "PINNACLE",
+    "REDWOOD",
+    "IRONBRIDGE",
+    "CLEARWATER",
+    "GOLDLEAF",
+    "STARLING",
+    "BRIGHTON",
+    "KESTREL",
+    "WESTGATE",
+    "OAKRIDGE",
+    "FALCON",
+    "LAKESIDE",
+    "SUNRISE",
+    "GRANITE",
+    "COPPERFIELD",
+    "NOVA",
+    "POLARIS",
+    "AURORA",
+    "HIGHLAND",
+    "RIVERSTONE",
+    "MAPLE",
+    "CEDAR",
+    "VANGUARD",
+    "BEACON",
+    "TRIDENT",
+    "ZENITH",
+    "SEAVIEW",
+    "STONEBRIDGE",
+    "ASHFORD",
+    "LINDEN",
+    "HORIZON",
+    "CASCADE",
+    "ARGENT",
+    "QUANTUM",
+    "ELMWOOD",
+    "FAIRMONT",
+    "GREENFIELD",
+    "PARAGON",
+    "SAPPHIRE",
+    "TALLWOOD",
+    "BLACKROCK",
+    "WILLOWBY",
+    "NORDIC",
+    "SOLSTICE",
+    "HAWTHORN",
+    "MIDLAND",
+    "PACIFIC",
+    "CAMBRIDGE",
+    "VERTEX",
+    "ALDER",
 )
 _COMPANY_SUFFIXES = (
-    "LOGISTICS", "HOLDINGS", "MEDICAL", "INSURANCE", "BANK", "TRADING", "ENERGY", "FREIGHT",
-    "PHARMACY", "UNIVERSITY", "MUNICIPALITY", "TELECOM", "MOTORS", "FOODS", "CONSULTING",
-    "PROPERTIES", "AIRLINES", "HEALTHCARE", "SECURITIES", "SUPPLY CO.", "INDUSTRIES",
-    "LABORATORIES", "PARTNERS", "CREDIT UNION", "SYSTEMS", "MARKETS", "TRANSIT AUTHORITY",
-    "WATER BOARD", "COUNCIL", "GROUP", "SHIPPING", "ARCHITECTS", "LAW OFFICES", "COLLEGE",
+    "LOGISTICS",
+    "HOLDINGS",
+    "MEDICAL",
+    "INSURANCE",
+    "BANK",
+    "TRADING",
+    "ENERGY",
+    "FREIGHT",
+    "PHARMACY",
+    "UNIVERSITY",
+    "MUNICIPALITY",
+    "TELECOM",
+    "MOTORS",
+    "FOODS",
+    "CONSULTING",
+    "PROPERTIES",
+    "AIRLINES",
+    "HEALTHCARE",
+    "SECURITIES",
+    "SUPPLY CO.",
+    "INDUSTRIES",
+    "LABORATORIES",
+    "PARTNERS",
+    "CREDIT UNION",
+    "SYSTEMS",
+    "MARKETS",
+    "TRANSIT AUTHORITY",
+    "WATER BOARD",
+    "COUNCIL",
+    "GROUP",
+    "SHIPPING",
+    "ARCHITECTS",
+    "LAW OFFICES",
+    "COLLEGE",
 )
 _STORE_SUFFIXES = (
-    "MARKET", "CAFE", "PHARMACY", "HARDWARE", "BAKERY", "SUPERSTORE", "FUEL", "BOOKS", "DELI",
-    "GROCERY", "KITCHEN", "OUTLET", "BISTRO", "GARDEN CENTRE", "ELECTRONICS", "WINE & SPIRITS",
+    "MARKET",
+    "CAFE",
+    "PHARMACY",
+    "HARDWARE",
+    "BAKERY",
+    "SUPERSTORE",
+    "FUEL",
+    "BOOKS",
+    "DELI",
+    "GROCERY",
+    "KITCHEN",
+    "OUTLET",
+    "BISTRO",
+    "GARDEN CENTRE",
+    "ELECTRONICS",
+    "WINE & SPIRITS",
 )
 _DOC_TITLES = {
     "form": (
-        "CUSTOMS DECLARATION", "APPLICATION FORM", "CLAIM FORM", "REGISTRATION FORM",
-        "CHANGE OF ADDRESS", "PERMIT APPLICATION", "ENROLMENT FORM", "TAX RETURN",
-        "INCIDENT REPORT", "MEMBERSHIP APPLICATION", "DIRECT DEBIT MANDATE",
-        "PATIENT INTAKE FORM", "VEHICLE TRANSFER", "REFUND REQUEST", "EMPLOYMENT APPLICATION",
-        "EXPENSE CLAIM", "LEAVE REQUEST", "CONSENT FORM",
+        "CUSTOMS DECLARATION",
+        "APPLICATION FORM",
+        "CLAIM FORM",
+        "REGISTRATION FORM",
+        "CHANGE OF ADDRESS",
+        "PERMIT APPLICATION",
+        "ENROLMENT FORM",
+        "TAX RETURN",
+        "INCIDENT REPORT",
+        "MEMBERSHIP APPLICATION",
+        "DIRECT DEBIT MANDATE",
+        "PATIENT INTAKE FORM",
+        "VEHICLE TRANSFER",
+        "REFUND REQUEST",
+        "EMPLOYMENT APPLICATION",
+        "EXPENSE CLAIM",
+        "LEAVE REQUEST",
+        "CONSENT FORM",
     ),
     "invoice": (
-        "INVOICE", "TAX INVOICE", "COMMERCIAL INVOICE", "PRO FORMA INVOICE", "BILL",
-        "STATEMENT", "CREDIT NOTE", "SALES INVOICE", "PURCHASE ORDER", "QUOTATION",
+        "INVOICE",
+        "TAX INVOICE",
+        "COMMERCIAL INVOICE",
+        "PRO FORMA INVOICE",
+        "BILL",
+        "STATEMENT",
+        "CREDIT NOTE",
+        "SALES INVOICE",
+        "PURCHASE ORDER",
+        "QUOTATION",
     ),
     "id_card": (
-        "IDENTITY CARD", "RESIDENT PERMIT", "EMPLOYEE ID", "STUDENT CARD", "DRIVER LICENCE",
-        "MEMBERSHIP CARD", "HEALTH INSURANCE CARD", "VISITOR PASS", "PRESS CARD",
-        "ACCESS BADGE", "LIBRARY CARD", "WORK PERMIT",
+        "IDENTITY CARD",
+        "RESIDENT PERMIT",
+        "EMPLOYEE ID",
+        "STUDENT CARD",
+        "DRIVER LICENCE",
+        "MEMBERSHIP CARD",
+        "HEALTH INSURANCE CARD",
+        "VISITOR PASS",
+        "PRESS CARD",
+        "ACCESS BADGE",
+        "LIBRARY CARD",
+        "WORK PERMIT",
     ),
 }
 _FIRST_NAMES = (
-    "James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda", "David",
-    "Elizabeth", "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Thomas",
-    "Sarah", "Charles", "Karen", "Daniel", "Nancy", "Matthew", "Lisa", "Anthony", "Sophie",
-    "Mark", "Emma", "Paul", "Olivia", "Steven", "Hannah", "Andrew", "Laura", "Lucas", "Anna",
-    "Henrik", "Ingrid", "Mateo", "Lucia", "Kenji", "Yuki", "Amir", "Leila", "Pieter", "Marta",
-    "Oliver", "Chloe", "Noah", "Mia", "Ethan", "Zoe", "Felix", "Clara", "Hugo", "Alice",
+    "James",
+    "Mary",
+    "Robert",
+    "Patricia",
+    "John",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "David",
+    "Elizabeth",
+    "William",
+    "Barbara",
+    "Richard",
+    "Susan",
+    "Joseph",
+    "Jessica",
+    "Thomas",
+    "Sarah",
+    "Charles",
+    "Karen",
+    "Daniel",
+    "Nancy",
+    "Matthew",
+    "Lisa",
+    "Anthony",
+    "Sophie",
+    "Mark",
+    "Emma",
+    "Paul",
+    "Olivia",
+    "Steven",
+    "Hannah",
+    "Andrew",
+    "Laura",
+    "Lucas",
+    "Anna",
+    "Henrik",
+    "Ingrid",
+    "Mateo",
+    "Lucia",
+    "Kenji",
+    "Yuki",
+    "Amir",
+    "Leila",
+    "Pieter",
+    "Marta",
+    "Oliver",
+    "Chloe",
+    "Noah",
+    "Mia",
+    "Ethan",
+    "Zoe",
+    "Felix",
+    "Clara",
+    "Hugo",
+    "Alice",
 )
 _LAST_NAMES = (
-    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Wilson",
-    "Anderson", "Taylor", "Thomas", "Moore", "Martin", "Jackson", "Thompson", "White",
-    "Harris", "Clark", "Lewis", "Robinson", "Walker", "Young", "Allen", "King", "Wright",
-    "Scott", "Green", "Baker", "Adams", "Nelson", "Hill", "Campbell", "Mitchell", "Roberts",
-    "Carter", "Phillips", "Evans", "Turner", "Torres", "Parker", "Collins", "Edwards",
-    "Stewart", "Morris", "Nguyen", "Murphy", "Rivera", "Cook", "Rogers", "Morgan", "Peterson",
-    "Lindqvist", "Schneider", "Rossi", "Dubois", "Kowalski", "Tanaka", "Novak", "Jansen",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Wilson",
+    "Anderson",
+    "Taylor",
+    "Thomas",
+    "Moore",
+    "Martin",
+    "Jackson",
+    "Thompson",
+    "White",
+    "Harris",
+    "Clark",
+    "Lewis",
+    "Robinson",
+    "Walker",
+    "Young",
+    "Allen",
+    "King",
+    "Wright",
+    "Scott",
+    "Green",
+    "Baker",
+    "Adams",
+    "Nelson",
+    "Hill",
+    "Campbell",
+    "Mitchell",
+    "Roberts",
+    "Carter",
+    "Phillips",
+    "Evans",
+    "Turner",
+    "Torres",
+    "Parker",
+    "Collins",
+    "Edwards",
+    "Stewart",
+    "Morris",
+    "Nguyen",
+    "Murphy",
+    "Rivera",
+    "Cook",
+    "Rogers",
+    "Morgan",
+    "Peterson",
+    "Lindqvist",
+    "Schneider",
+    "Rossi",
+    "Dubois",
+    "Kowalski",
+    "Tanaka",
+    "Novak",
+    "Jansen",
 )
 _STREETS = (
-    "Harbour", "Station", "Church", "Victoria", "Mill", "Park", "Queen", "King", "High",
-    "Market", "Bridge", "Elm", "Oak", "Maple", "Cedar", "Lake", "Hill", "River", "Forest",
-    "Garden", "Meadow", "Spring", "Sunset", "Windsor", "Albert", "Chestnut", "Orchard",
-    "Canal", "Castle", "Abbey", "Willow", "Granite", "Beacon", "Ferry", "Union", "Grove",
+    "Harbour",
+    "Station",
+    "Church",
+    "Victoria",
+    "Mill",
+    "Park",
+    "Queen",
+    "King",
+    "High",
+    "Market",
+    "Bridge",
+    "Elm",
+    "Oak",
+    "Maple",
+    "Cedar",
+    "Lake",
+    "Hill",
+    "River",
+    "Forest",
+    "Garden",
+    "Meadow",
+    "Spring",
+    "Sunset",
+    "Windsor",
+    "Albert",
+    "Chestnut",
+    "Orchard",
+    "Canal",
+    "Castle",
+    "Abbey",
+    "Willow",
+    "Granite",
+    "Beacon",
+    "Ferry",
+    "Union",
+    "Grove",
 )
 _STREET_TYPES = ("Street", "Road", "Avenue", "Lane", "Way", "Drive", "Place", "Close", "Court")
 _CITIES = (
-    "Springfield", "Riverton", "Lakewood", "Fairview", "Greenville", "Bristol", "Portsmouth",
-    "Oakland", "Kingston", "Ashland", "Clinton", "Milford", "Salem", "Franklin", "Georgetown",
-    "Arlington", "Dover", "Hudson", "Madison", "Newport", "Oxford", "Richmond", "Winchester",
-    "Burlington", "Chester", "Lexington", "Marion", "Bedford", "Hamilton", "Preston",
-    "Eastwood", "Northfield", "Westbury", "Southport", "Brookside", "Harborview", "Millbrook",
+    "Springfield",
+    "Riverton",
+    "Lakewood",
+    "Fairview",
+    "Greenville",
+    "Bristol",
+    "Portsmouth",
+    "Oakland",
+    "Kingston",
+    "Ashland",
+    "Clinton",
+    "Milford",
+    "Salem",
+    "Franklin",
+    "Georgetown",
+    "Arlington",
+    "Dover",
+    "Hudson",
+    "Madison",
+    "Newport",
+    "Oxford",
+    "Richmond",
+    "Winchester",
+    "Burlington",
+    "Chester",
+    "Lexington",
+    "Marion",
+    "Bedford",
+    "Hamilton",
+    "Preston",
+    "Eastwood",
+    "Northfield",
+    "Westbury",
+    "Southport",
+    "Brookside",
+    "Harborview",
+    "Millbrook",
 )
 _COUNTRIES = (
-    "United Kingdom", "Ireland", "Canada", "Australia", "Germany", "France", "Netherlands",
-    "Sweden", "Norway", "Denmark", "Spain", "Italy", "Portugal", "Poland", "Austria",
-    "Belgium", "Finland", "Japan", "New Zealand", "United States", "Switzerland", "Czechia",
+    "United Kingdom",
+    "Ireland",
+    "Canada",
+    "Australia",
+    "Germany",
+    "France",
+    "Netherlands",
+    "Sweden",
+    "Norway",
+    "Denmark",
+    "Spain",
+    "Italy",
+    "Portugal",
+    "Poland",
+    "Austria",
+    "Belgium",
+    "Finland",
+    "Japan",
+    "New Zealand",
+    "United States",
+    "Switzerland",
+    "Czechia",
 )
 _OCCUPATIONS = (
-    "Engineer", "Teacher", "Nurse", "Accountant", "Designer", "Electrician", "Chef",
-    "Consultant", "Pharmacist", "Architect", "Lawyer", "Technician", "Analyst", "Driver",
-    "Manager", "Student", "Researcher", "Plumber", "Journalist", "Photographer", "Retired",
+    "Engineer",
+    "Teacher",
+    "Nurse",
+    "Accountant",
+    "Designer",
+    "Electrician",
+    "Chef",
+    "Consultant",
+    "Pharmacist",
+    "Architect",
+    "Lawyer",
+    "Technician",
+    "Analyst",
+    "Driver",
+    "Manager",
+    "Student",
+    "Researcher",
+    "Plumber",
+    "Journalist",
+    "Photographer",
+    "Retired",
 )
 _DEPARTMENTS = (
-    "Finance", "Operations", "Human Resources", "Logistics", "Engineering", "Sales",
-    "Marketing", "Legal", "Procurement", "Research", "Customer Service", "IT Services",
+    "Finance",
+    "Operations",
+    "Human Resources",
+    "Logistics",
+    "Engineering",
+    "Sales",
+    "Marketing",
+    "Legal",
+    "Procurement",
+    "Research",
+    "Customer Service",
+    "IT Services",
 )
 _JOB_TITLES = (
-    "Head of Customer Relations", "Accounts Manager", "Operations Director",
-    "Claims Officer", "Senior Case Worker", "Managing Director", "Office Manager",
-    "Compliance Officer", "Sales Representative", "Registrar", "Chief Financial Officer",
+    "Head of Customer Relations",
+    "Accounts Manager",
+    "Operations Director",
+    "Claims Officer",
+    "Senior Case Worker",
+    "Managing Director",
+    "Office Manager",
+    "Compliance Officer",
+    "Sales Representative",
+    "Registrar",
+    "Chief Financial Officer",
 )
 _ITEM_ADJ = (
-    "Standard", "Premium", "Stainless", "Heavy-duty", "Compact", "Wireless", "Annual",
-    "Monthly", "Organic", "Industrial", "Galvanised", "Recycled", "Express", "Custom",
-    "Replacement", "Extended", "Portable", "Digital", "Laminated", "Insulated",
+    "Standard",
+    "Premium",
+    "Stainless",
+    "Heavy-duty",
+    "Compact",
+    "Wireless",
+    "Annual",
+    "Monthly",
+    "Organic",
+    "Industrial",
+    "Galvanised",
+    "Recycled",
+    "Express",
+    "Custom",
+    "Replacement",
+    "Extended",
+    "Portable",
+    "Digital",
+    "Laminated",
+    "Insulated",
 )
 _ITEM_NOUN = (
-    "mounting bracket", "cable set", "consulting hours", "service fee", "licence",
-    "support plan", "steel bolts", "pallet wrap", "printer toner", "office chair",
-    "desk lamp", "storage boxes", "hydraulic pump", "filter cartridge", "safety gloves",
-    "maintenance visit", "freight charge", "installation", "training session", "sensor kit",
-    "copy paper", "hinge assembly", "valve", "design work", "hosting", "spare parts",
+    "mounting bracket",
+    "cable set",
+    "consulting hours",
+    "service fee",
+    "licence",
+    "support plan",
+    "steel bolts",
+    "pallet wrap",
+    "printer toner",
+    "office chair",
+    "desk lamp",
+    "storage boxes",
+    "hydraulic pump",
+    "filter cartridge",
+    "safety gloves",
+    "maintenance visit",
+    "freight charge",
+    "installation",
+    "training session",
+    "sensor kit",
+    "copy paper",
+    "hinge assembly",
+    "valve",
+    "design work",
+    "hosting",
+    "spare parts",
 )
 _RECEIPT_ITEMS = (
-    "MILK 2L", "BREAD WHOLEGRAIN", "EGGS FREE RANGE 12", "BANANAS", "APPLES GALA",
-    "CHEDDAR 400G", "COFFEE BEANS", "ORANGE JUICE", "PASTA PENNE", "TOMATOES",
-    "OLIVE OIL 500ML", "CHICKEN BREAST", "RICE BASMATI", "YOGURT NATURAL", "BUTTER",
-    "SPARKLING WATER", "CHOC BAR", "TEA BAGS 80", "DISH SOAP", "PAPER TOWELS", "LATTE",
-    "CAPPUCCINO", "CROISSANT", "SANDWICH", "SCREWS M4 X50", "BATTERIES AA", "TAPE",
-    "NEWSPAPER", "SHAMPOO", "TOOTHPASTE", "ONIONS", "CARROTS 1KG", "LEMONADE", "MUFFIN",
-    "UNLEADED 95", "CAR WASH", "PAINT BRUSH", "LIGHT BULB", "NOTEBOOK A5", "PEN BLUE",
+    "MILK 2L",
+    "BREAD WHOLEGRAIN",
+    "EGGS FREE RANGE 12",
+    "BANANAS",
+    "APPLES GALA",
+    "CHEDDAR 400G",
+    "COFFEE BEANS",
+    "ORANGE JUICE",
+    "PASTA PENNE",
+    "TOMATOES",
+    "OLIVE OIL 500ML",
+    "CHICKEN BREAST",
+    "RICE BASMATI",
+    "YOGURT NATURAL",
+    "BUTTER",
+    "SPARKLING WATER",
+    "CHOC BAR",
+    "TEA BAGS 80",
+    "DISH SOAP",
+    "PAPER TOWELS",
+    "LATTE",
+    "CAPPUCCINO",
+    "CROISSANT",
+    "SANDWICH",
+    "SCREWS M4 X50",
+    "BATTERIES AA",
+    "TAPE",
+    "NEWSPAPER",
+    "SHAMPOO",
+    "TOOTHPASTE",
+    "ONIONS",
+    "CARROTS 1KG",
+    "LEMONADE",
+    "MUFFIN",
+    "UNLEADED 95",
+    "CAR WASH",
+    "PAINT BRUSH",
+    "LIGHT BULB",
+    "NOTEBOOK A5",
+    "PEN BLUE",
 )
 _WORDS = (
-    "the", "of", "and", "to", "in", "for", "with", "on", "by", "from", "as", "at", "this",
-    "that", "we", "you", "your", "our", "will", "be", "are", "is", "has", "have", "been",
-    "please", "account", "payment", "request", "information", "following", "regarding",
-    "received", "application", "policy", "service", "services", "contract", "period",
-    "date", "letter", "office", "customer", "details", "provide", "confirm", "review",
-    "process", "required", "additional", "documents", "further", "contact", "within",
-    "days", "should", "would", "any", "questions", "team", "new", "current", "annual",
-    "report", "update", "changes", "terms", "conditions", "agreement", "records", "notice",
-    "delivery", "order", "invoice", "balance", "amount", "outstanding", "pleased", "inform",
-    "decision", "meeting", "schedule", "project", "support", "renewal", "coverage", "claim",
-    "assessment", "approved", "pending", "enclosed", "copy", "signed", "return", "address",
-    "registered", "reference", "number", "above", "below", "under", "after", "before",
-    "their", "these", "all", "may", "also", "not", "if", "or", "an", "a", "can", "it",
-    "us", "more", "each", "other", "time", "only", "such", "made", "being", "office",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "for",
+    "with",
+    "on",
+    "by",
+    "from",
+    "as",
+    "at",
+    "this",
+    "that",
+    "we",
+    "you",
+    "your",
+    "our",
+    "will",
+    "be",
+    "are",
+    "is",
+    "has",
+    "have",
+    "been",
+    "please",
+    "account",
+    "payment",
+    "request",
+    "information",
+    "following",
+    "regarding",
+    "received",
+    "application",
+    "policy",
+    "service",
+    "services",
+    "contract",
+    "period",
+    "date",
+    "letter",
+    "office",
+    "customer",
+    "details",
+    "provide",
+    "confirm",
+    "review",
+    "process",
+    "required",
+    "additional",
+    "documents",
+    "further",
+    "contact",
+    "within",
+    "days",
+    "should",
+    "would",
+    "any",
+    "questions",
+    "team",
+    "new",
+    "current",
+    "annual",
+    "report",
+    "update",
+    "changes",
+    "terms",
+    "conditions",
+    "agreement",
+    "records",
+    "notice",
+    "delivery",
+    "order",
+    "invoice",
+    "balance",
+    "amount",
+    "outstanding",
+    "pleased",
+    "inform",
+    "decision",
+    "meeting",
+    "schedule",
+    "project",
+    "support",
+    "renewal",
+    "coverage",
+    "claim",
+    "assessment",
+    "approved",
+    "pending",
+    "enclosed",
+    "copy",
+    "signed",
+    "return",
+    "address",
+    "registered",
+    "reference",
+    "number",
+    "above",
+    "below",
+    "under",
+    "after",
+    "before",
+    "their",
+    "these",
+    "all",
+    "may",
+    "also",
+    "not",
+    "if",
+    "or",
+    "an",
+    "a",
+    "can",
+    "it",
+    "us",
+    "more",
+    "each",
+    "other",
+    "time",
+    "only",
+    "such",
+    "made",
+    "being",
+    "office",
 )
 _SECTION_TITLES = (
-    "PERSONAL DETAILS", "CONTACT INFORMATION", "APPLICANT", "PAYMENT DETAILS",
-    "SHIPMENT DETAILS", "VEHICLE INFORMATION", "EMPLOYMENT", "CLAIM DETAILS",
-    "FOR OFFICIAL USE ONLY", "GOODS DESCRIPTION", "BANK DETAILS", "MEDICAL HISTORY",
-    "ADDITIONAL INFORMATION", "EMERGENCY CONTACT", "PREVIOUS ADDRESS", "DEPENDANTS",
+    "PERSONAL DETAILS",
+    "CONTACT INFORMATION",
+    "APPLICANT",
+    "PAYMENT DETAILS",
+    "SHIPMENT DETAILS",
+    "VEHICLE INFORMATION",
+    "EMPLOYMENT",
+    "CLAIM DETAILS",
+    "FOR OFFICIAL USE ONLY",
+    "GOODS DESCRIPTION",
+    "BANK DETAILS",
+    "MEDICAL HISTORY",
+    "ADDITIONAL INFORMATION",
+    "EMERGENCY CONTACT",
+    "PREVIOUS ADDRESS",
+    "DEPENDANTS",
 )
 _FORM_FIELDS = (
-    ("Surname", "last_name"), ("Given names", "first_name"), ("Full name", "name"),
-    ("Date of birth", "date"), ("Place of birth", "city"), ("Nationality", "country"),
-    ("Street address", "street"), ("City", "city"), ("Postal code", "postcode"),
-    ("Country", "country"), ("Telephone", "phone"), ("E-mail", "email"),
-    ("Occupation", "occupation"), ("Employer", "company"), ("Document number", "pattern"),
-    ("Reference number", "pattern"), ("Date of issue", "date"), ("Amount claimed", "amount"),
-    ("Account number", "digits"), ("Registration no.", "pattern"), ("Policy number", "pattern"),
-    ("Description", "words"), ("Tax ID", "pattern"), ("Sex", "sex"), ("Department", "department"),
-    ("Contact person", "name"), ("Mobile", "phone"), ("Date of arrival", "date"),
-    ("Purpose of visit", "words"), ("Declared value", "amount"), ("Quantity", "qty"),
-    ("Member ID", "pattern"), ("Marital status", "marital"), ("Start date", "date"),
+    ("Surname", "last_name"),
+    ("Given names", "first_name"),
+    ("Full name", "name"),
+    ("Date of birth", "date"),
+    ("Place of birth", "city"),
+    ("Nationality", "country"),
+    ("Street address", "street"),
+    ("City", "city"),
+    ("Postal code", "postcode"),
+    ("Country", "country"),
+    ("Telephone", "phone"),
+    ("E-mail", "email"),
+    ("Occupation", "occupation"),
+    ("Employer", "company"),
+    ("Document number", "pattern"),
+    ("Reference number", "pattern"),
+    ("Date of issue", "date"),
+    ("Amount claimed", "amount"),
+    ("Account number", "digits"),
+    ("Registration no.", "pattern"),
+    ("Policy number", "pattern"),
+    ("Description", "words"),
+    ("Tax ID", "pattern"),
+    ("Sex", "sex"),
+    ("Department", "department"),
+    ("Contact person", "name"),
+    ("Mobile", "phone"),
+    ("Date of arrival", "date"),
+    ("Purpose of visit", "words"),
+    ("Declared value", "amount"),
+    ("Quantity", "qty"),
+    ("Member ID", "pattern"),
+    ("Marital status", "marital"),
+    ("Start date", "date"),
 )
 _CHECK_OPTIONS = (
-    ("Yes", "No"), ("Mr", "Mrs", "Ms", "Dr"), ("Single", "Married", "Other"),
-    ("Gift", "Sample", "Commercial", "Returned goods"), ("Cash", "Card", "Transfer"),
-    ("New", "Renewal", "Replacement"), ("Full-time", "Part-time", "Contract"),
-    ("Air", "Sea", "Road", "Rail"), ("Standard", "Express"),
+    ("Yes", "No"),
+    ("Mr", "Mrs", "Ms", "Dr"),
+    ("Single", "Married", "Other"),
+    ("Gift", "Sample", "Commercial", "Returned goods"),
+    ("Cash", "Card", "Transfer"),
+    ("New", "Renewal", "Replacement"),
+    ("Full-time", "Part-time", "Contract"),
+    ("Air", "Sea", "Road", "Rail"),
+    ("Standard", "Express"),
 )
 _CLOSINGS = ("Yours sincerely,", "Kind regards,", "Best regards,", "Yours faithfully,")
 _THANKS = (
-    "THANK YOU FOR SHOPPING WITH US", "THANK YOU - PLEASE COME AGAIN",
-    "KEEP THIS RECEIPT FOR RETURNS", "HAVE A NICE DAY!", "RETURNS ACCEPTED WITHIN 30 DAYS",
-    "THANK YOU FOR YOUR VISIT", "CUSTOMER COPY",
+    "THANK YOU FOR SHOPPING WITH US",
+    "THANK YOU - PLEASE COME AGAIN",
+    "KEEP THIS RECEIPT FOR RETURNS",
+    "HAVE A NICE DAY!",
+    "RETURNS ACCEPTED WITHIN 30 DAYS",
+    "THANK YOU FOR YOUR VISIT",
+    "CUSTOMER COPY",
 )
 _DATE_FORMATS = ("%d/%m/%Y", "%m/%d/%Y", "%Y-%m-%d", "%d.%m.%Y", "%d %b %Y", "%b %d, %Y")
 _MONEY_FORMATS = ("${}", "£{}", "€{}", "{} €", "CHF {}", "USD {}", "{} kr", "EUR {}", "A${}")
@@ -255,7 +828,10 @@ def _scan_fonts() -> tuple[Path, ...]:
         try:
             out = subprocess.run(
                 ["fc-list", "--format", "%{file}\\n"],
-                capture_output=True, text=True, timeout=10, check=False,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
             ).stdout
         except (OSError, subprocess.SubprocessError):
             out = ""
@@ -264,9 +840,7 @@ def _scan_fonts() -> tuple[Path, ...]:
             if p.suffix.lower() in (".ttf", ".otf") and p.is_file():
                 candidates.add(p)
     good = {
-        p.resolve()
-        for p in candidates
-        if not any(bad in p.name.lower() for bad in _FONT_BLOCKLIST)
+        p.resolve() for p in candidates if not any(bad in p.name.lower() for bad in _FONT_BLOCKLIST)
     }
     # Sorting makes templates independent of directory listing order.
     return tuple(sorted(good, key=str))
@@ -348,8 +922,9 @@ def _pick_fonts(rng: random.Random, fonts: Sequence[Path], kind: str) -> dict[st
     if not fonts:
         return {"title": None, "body": None, "value": None}
     traits = {p: _font_traits(p) for p in fonts}
-    regular = [p for p in fonts if not traits[p][0] and not traits[p][1]
-               and "light" not in p.stem.lower()]
+    regular = [
+        p for p in fonts if not traits[p][0] and not traits[p][1] and "light" not in p.stem.lower()
+    ]
     bold = [p for p in fonts if traits[p][0] and not traits[p][1]]
     mono = [p for p in regular if traits[p][2]]
     proportional = [p for p in regular if not traits[p][2]] or regular or list(fonts)
@@ -408,8 +983,15 @@ def _fill_pattern(rng: random.Random, fmt: str) -> str:
 
 def _random_pattern(rng: random.Random) -> str:
     """A template-level identifier format such as ``INV-2024-#####`` or ``@@######``."""
-    prefix = rng.choice(("", "", "@@", "@", "".join(rng.choice("ABCDEFGHKLMNPRSTUVWXZ")
-                                                      for _ in range(rng.randint(2, 3)))))
+    prefix = rng.choice(
+        (
+            "",
+            "",
+            "@@",
+            "@",
+            "".join(rng.choice("ABCDEFGHKLMNPRSTUVWXZ") for _ in range(rng.randint(2, 3))),
+        )
+    )
     sep = rng.choice(("-", "/", "", " ", "."))
     body = "#" * rng.randint(4, 8)
     if rng.random() < 0.3:
@@ -455,9 +1037,19 @@ def _words(rng: random.Random, lo: int, hi: int) -> str:
 
 
 def _phone(rng: random.Random) -> str:
-    return _fill_pattern(rng, rng.choice(
-        ("+44 20 #### ####", "(###) ###-####", "+49 ### #######", "0## ### ## ##",
-         "+1 ###-###-####", "+31 ## ### ####")))
+    return _fill_pattern(
+        rng,
+        rng.choice(
+            (
+                "+44 20 #### ####",
+                "(###) ###-####",
+                "+49 ### #######",
+                "0## ### ## ##",
+                "+1 ###-###-####",
+                "+31 ## ### ####",
+            )
+        ),
+    )
 
 
 _VALUE_GENERATORS: dict[str, Callable[[random.Random], str]] = {
@@ -470,8 +1062,10 @@ _VALUE_GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "postcode": _postcode,
     "country": lambda r: r.choice(_COUNTRIES),
     "phone": _phone,
-    "email": lambda r: (f"{r.choice(_FIRST_NAMES).lower()}.{r.choice(_LAST_NAMES).lower()}"
-                        f"@{r.choice(_COMPANY_WORDS).lower()}.{r.choice(('com', 'org', 'net'))}"),
+    "email": lambda r: (
+        f"{r.choice(_FIRST_NAMES).lower()}.{r.choice(_LAST_NAMES).lower()}"
+        f"@{r.choice(_COMPANY_WORDS).lower()}.{r.choice(('com', 'org', 'net'))}"
+    ),
     "company": _company,
     "occupation": lambda r: r.choice(_OCCUPATIONS),
     "department": lambda r: r.choice(_DEPARTMENTS),
@@ -485,11 +1079,13 @@ _VALUE_GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "salutation": lambda r: f"Dear {r.choice(('Mr', 'Ms', 'Mrs', 'Dr'))} {r.choice(_LAST_NAMES)},",
     "address_block": lambda r: "\n".join((_name(r), _street(r), _city_line(r))),
     "company_address": lambda r: "\n".join((_name(r), _company(r), _street(r), _city_line(r))),
-    "card": lambda r: (f"{r.choice(('VISA', 'MASTERCARD', 'AMEX', 'DEBIT'))} "
-                       f"**** {r.randrange(10000):04d}"),
+    "card": lambda r: (
+        f"{r.choice(('VISA', 'MASTERCARD', 'AMEX', 'DEBIT'))} **** {r.randrange(10000):04d}"
+    ),
     "item": lambda r: f"{r.choice(_ITEM_ADJ)} {r.choice(_ITEM_NOUN)}",
-    "mrz": lambda r: "".join(r.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789<<<<<<")
-                             for _ in range(44)),
+    "mrz": lambda r: "".join(
+        r.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789<<<<<<") for _ in range(44)
+    ),
     "percent": lambda r: f"{r.choice((0, 5, 7, 10, 20))}%",
 }
 
@@ -574,8 +1170,9 @@ class Rect(Element):
 
     def _draw_static(self, image: Image.Image, draw: ImageDraw.ImageDraw) -> None:
         if self.radius:
-            draw.rounded_rectangle(self.box, self.radius, fill=self.fill, outline=self.outline,
-                                   width=self.width)
+            draw.rounded_rectangle(
+                self.box, self.radius, fill=self.fill, outline=self.outline, width=self.width
+            )
         else:
             draw.rectangle(self.box, fill=self.fill, outline=self.outline, width=self.width)
 
@@ -602,8 +1199,11 @@ class Line(Element):
         t = 0.0
         while t < length:
             t1 = min(t + self.dash, length)
-            draw.line(((x0 + ux * t, y0 + uy * t), (x0 + ux * t1, y0 + uy * t1)),
-                      fill=self.color, width=self.width)
+            draw.line(
+                ((x0 + ux * t, y0 + uy * t), (x0 + ux * t1, y0 + uy * t1)),
+                fill=self.color,
+                width=self.width,
+            )
             t += 2 * self.dash
 
 
@@ -667,8 +1267,9 @@ class Field(Element):
         for line in lines:
             if y + self.font.size > y1 + 2:
                 break
-            _draw_text(ctx.draw, ax, y, _fit(self.font, line, x1 - x0), self.font, self.color,
-                       self.align)
+            _draw_text(
+                ctx.draw, ax, y, _fit(self.font, line, x1 - x0), self.font, self.color, self.align
+            )
             y += lh
 
 
@@ -779,8 +1380,15 @@ class Table(Element):
         ty = y0 + self.header_height / 2 - 0.58 * self.header_font.size
         for c, a, b in zip(self.columns, edges[:-1], edges[1:], strict=True):
             ax = {"left": a + pad, "right": b - pad, "center": (a + b) / 2}[c.align]
-            _draw_text(draw, ax, ty, _fit(self.header_font, c.title, b - a - 2 * pad),
-                       self.header_font, self.header_color, c.align)
+            _draw_text(
+                draw,
+                ax,
+                ty,
+                _fit(self.header_font, c.title, b - a - 2 * pad),
+                self.header_font,
+                self.header_color,
+                c.align,
+            )
         lc = self.line_color
         draw.line(((x0, hy), (x1, hy)), fill=lc, width=1)
         if self.grid in ("full", "columns"):
@@ -823,8 +1431,15 @@ class Table(Element):
                 else:
                     s = ctx.value(c.value, c.fmt)
                 ax = {"left": a + pad, "right": b - pad, "center": (a + b) / 2}[c.align]
-                _draw_text(ctx.draw, ax, ty, _fit(self.body_font, s, b - a - 2 * pad),
-                           self.body_font, self.ink, c.align)
+                _draw_text(
+                    ctx.draw,
+                    ax,
+                    ty,
+                    _fit(self.body_font, s, b - a - 2 * pad),
+                    self.body_font,
+                    self.ink,
+                    c.align,
+                )
         ctx.state["subtotal"] = round(subtotal, 2)
 
 
@@ -860,8 +1475,14 @@ class ItemList(Element):
             _draw_text(ctx.draw, x0, y, _fit(self.font, name, room), self.font, self.color)
             y += self.line_height
             if self.show_qty and qty > 1:
-                _draw_text(ctx.draw, x0 + 2 * self.font.size, y, f"{qty} x {_money(unit, loc)}",
-                           self.font, self.color)
+                _draw_text(
+                    ctx.draw,
+                    x0 + 2 * self.font.size,
+                    y,
+                    f"{qty} x {_money(unit, loc)}",
+                    self.font,
+                    self.color,
+                )
                 y += self.line_height
             subtotal += qty * unit
         ctx.state["subtotal"] = round(subtotal, 2)
@@ -889,8 +1510,20 @@ class Collapse(Element):
         ctx.draw.rectangle((0, top + strip.height, img.width, img.height), fill=self.paper)
 
 
-_LOGO_SHAPES = ("circle", "square", "rounded", "diamond", "hexagon", "triangle", "rings",
-                "bars", "shield", "split", "leaf", "chevron")
+_LOGO_SHAPES = (
+    "circle",
+    "square",
+    "rounded",
+    "diamond",
+    "hexagon",
+    "triangle",
+    "rings",
+    "bars",
+    "shield",
+    "split",
+    "leaf",
+    "chevron",
+)
 
 
 @dataclass(frozen=True)
@@ -945,20 +1578,26 @@ class Logo(Element):
             draw.pieslice(self.box, 270, 90, fill=_mix(p, q, 0.45))
         elif shape == "leaf":
             # Lens between two quarter circles, pointing from top-left to bottom-right.
-            arc1 = [(x0 + s * math.cos(a), y1 + s * math.sin(a))
-                    for a in np.linspace(-math.pi / 2, 0, 16)]
-            arc2 = [(x1 + s * math.cos(a), y0 + s * math.sin(a))
-                    for a in np.linspace(math.pi / 2, math.pi, 16)]
+            arc1 = [
+                (x0 + s * math.cos(a), y1 + s * math.sin(a))
+                for a in np.linspace(-math.pi / 2, 0, 16)
+            ]
+            arc2 = [
+                (x1 + s * math.cos(a), y0 + s * math.sin(a))
+                for a in np.linspace(math.pi / 2, math.pi, 16)
+            ]
             draw.polygon(arc1 + arc2, fill=p)
             text_color = None
         else:  # chevron
             w = s * 0.28
-            draw.polygon(((x0, y0), (x0 + w, y0), (x1, cy), (x0 + w, y1), (x0, y1),
-                          (x1 - w, cy)), fill=p)
+            draw.polygon(
+                ((x0, y0), (x0 + w, y0), (x1, cy), (x0 + w, y1), (x0, y1), (x1 - w, cy)), fill=p
+            )
             text_color = None
         if text_color is not None and self.initials:
-            _draw_text(draw, cx, ty - 0.62 * self.font.size, self.initials, self.font,
-                       text_color, "center")
+            _draw_text(
+                draw, cx, ty - 0.62 * self.font.size, self.initials, self.font, text_color, "center"
+            )
 
 
 @dataclass(frozen=True)
@@ -981,8 +1620,16 @@ class Pattern(Element):
             for k in range(n):
                 base = y0 + h * (k + 0.5) / n
                 ph = k * r.uniform(0.2, 0.6)
-                pts = [(x0 + w * t / 80, base + amp * math.sin(2 * math.pi * f1 * t / 80 + ph)
-                        * math.cos(2 * math.pi * f2 * t / 80 - ph)) for t in range(81)]
+                pts = [
+                    (
+                        x0 + w * t / 80,
+                        base
+                        + amp
+                        * math.sin(2 * math.pi * f1 * t / 80 + ph)
+                        * math.cos(2 * math.pi * f2 * t / 80 - ph),
+                    )
+                    for t in range(81)
+                ]
                 draw.line(pts, fill=self.color, width=1)
         elif self.style == "rosette":
             cx, cy = x0 + w * r.uniform(0.3, 0.7), y0 + h * r.uniform(0.3, 0.7)
@@ -1029,10 +1676,10 @@ class Barcode(Element):
             while x < w - 4 * unit:
                 width = rng.choice((1, 1, 1, 2, 2, 3)) * unit
                 if ink:
-                    bars[x: x + width] = 255
+                    bars[x : x + width] = 255
                 ink = not ink
                 x += width
-            bars[w - 2 * unit: w - unit] = 255
+            bars[w - 2 * unit : w - unit] = 255
             mask = Image.fromarray(np.repeat(bars[None, :], h, axis=0), "L")
         else:
             n = self.modules
@@ -1046,7 +1693,8 @@ class Barcode(Element):
             grid[:8, -8:] = finder[:, ::-1]
             grid[-8:, :8] = finder[::-1, :]
             mask = Image.fromarray(grid.astype(np.uint8) * 255, "L").resize(
-                (n * cell, n * cell), Image.Resampling.NEAREST)
+                (n * cell, n * cell), Image.Resampling.NEAREST
+            )
         ctx.image.paste(self.color, (x0, y0), mask)
 
 
@@ -1070,12 +1718,29 @@ class Photo(Element):
         bg = tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in self.bg)
         tile = Image.new("RGB", (w, h), bg)  # type: ignore[arg-type]
         d = ImageDraw.Draw(tile)
-        skin = rng.choice(((241, 194, 167), (224, 172, 135), (198, 134, 96), (141, 85, 54),
-                           (255, 219, 190), (170, 110, 75)))
-        hair = rng.choice(((30, 25, 20), (70, 45, 25), (120, 80, 40), (200, 170, 110),
-                           (90, 90, 90), (160, 60, 30)))
-        shirt = rng.choice(((40, 50, 80), (20, 20, 25), (120, 30, 30), (60, 90, 60),
-                            (200, 200, 205), (70, 70, 75)))
+        skin = rng.choice(
+            (
+                (241, 194, 167),
+                (224, 172, 135),
+                (198, 134, 96),
+                (141, 85, 54),
+                (255, 219, 190),
+                (170, 110, 75),
+            )
+        )
+        hair = rng.choice(
+            (
+                (30, 25, 20),
+                (70, 45, 25),
+                (120, 80, 40),
+                (200, 170, 110),
+                (90, 90, 90),
+                (160, 60, 30),
+            )
+        )
+        shirt = rng.choice(
+            ((40, 50, 80), (20, 20, 25), (120, 30, 30), (60, 90, 60), (200, 200, 205), (70, 70, 75))
+        )
         cx = w * rng.uniform(0.45, 0.55)
         hw = w * rng.uniform(0.2, 0.26)
         hh = hw * rng.uniform(1.2, 1.4)
@@ -1133,9 +1798,14 @@ class Signature(Element):
         ctx.draw.line(pts, fill=self.color, width=width, joint="curve")
         if rng.random() < 0.5:
             ly = cy + h * rng.uniform(0.2, 0.35)
-            ctx.draw.line(((start - span * 0.05, ly + h * 0.05),
-                           (start + span * rng.uniform(0.6, 1.05), ly - h * 0.08)),
-                          fill=self.color, width=width)
+            ctx.draw.line(
+                (
+                    (start - span * 0.05, ly + h * 0.05),
+                    (start + span * rng.uniform(0.6, 1.05), ly - h * 0.08),
+                ),
+                fill=self.color,
+                width=width,
+            )
 
 
 @dataclass(frozen=True)
@@ -1182,8 +1852,15 @@ class Stamp(Element):
         dx, dy = rng.randint(-8, 8), rng.randint(-6, 6)
         box = (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
         ctx.draw.rounded_rectangle(box, radius=4, outline=self.color, width=2)
-        _draw_text(ctx.draw, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2 - 0.6 * self.font.size,
-                   self.text, self.font, self.color, "center")
+        _draw_text(
+            ctx.draw,
+            (box[0] + box[2]) / 2,
+            (box[1] + box[3]) / 2 - 0.6 * self.font.size,
+            self.text,
+            self.font,
+            self.color,
+            "center",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1236,8 +1913,11 @@ class DocumentTemplate:
 
 def _mix(a: Color, b: Color, t: float) -> Color:
     """Blend from ``a`` (t=0) to ``b`` (t=1)."""
-    return (round(a[0] + (b[0] - a[0]) * t), round(a[1] + (b[1] - a[1]) * t),
-            round(a[2] + (b[2] - a[2]) * t))
+    return (
+        round(a[0] + (b[0] - a[0]) * t),
+        round(a[1] + (b[1] - a[1]) * t),
+        round(a[2] + (b[2] - a[2]) * t),
+    )
 
 
 def _hsv(h: float, s: float, v: float) -> Color:
@@ -1248,8 +1928,9 @@ def _hsv(h: float, s: float, v: float) -> Color:
 class _Builder:
     """Collects elements for one template and keeps its colours, fonts and locale."""
 
-    def __init__(self, rng: random.Random, kind: str, width: int, height: int,
-                 fonts: dict[str, str | None]):
+    def __init__(
+        self, rng: random.Random, kind: str, width: int, height: int, fonts: dict[str, str | None]
+    ):
         self.rng = rng
         self.kind = kind
         self.w = width
@@ -1264,8 +1945,15 @@ class _Builder:
         elif kind == "receipt":
             self.paper = rng.choice(((255, 255, 255), (250, 249, 245), (247, 247, 247)))
         else:
-            self.paper = rng.choice(((255, 255, 255), (255, 255, 255), (250, 247, 238),
-                                     (246, 246, 244), (252, 252, 248)))
+            self.paper = rng.choice(
+                (
+                    (255, 255, 255),
+                    (255, 255, 255),
+                    (250, 247, 238),
+                    (246, 246, 244),
+                    (252, 252, 248),
+                )
+            )
         self.light = _mix(self.accent, self.paper, 0.86)
         self.muted = _mix(self.ink, self.paper, 0.45)
         self.rule = _mix(self.ink, self.paper, rng.uniform(0.2, 0.6))
@@ -1293,39 +1981,93 @@ class _Builder:
     def label(self, text: str) -> str:
         return text.upper() if self.upper_labels else text
 
-    def text(self, x: float, y: float, text: str, font: FontSpec, color: Color | None = None,
-             align: str = "left") -> None:
+    def text(
+        self,
+        x: float,
+        y: float,
+        text: str,
+        font: FontSpec,
+        color: Color | None = None,
+        align: str = "left",
+    ) -> None:
         self.elements.append(Text(round(x), round(y), text, font, color or self.ink, align))
 
-    def rect(self, box: Sequence[float], fill: Color | None = None,
-             outline: Color | None = None, width: int = 1, radius: int = 0) -> None:
+    def rect(
+        self,
+        box: Sequence[float],
+        fill: Color | None = None,
+        outline: Color | None = None,
+        width: int = 1,
+        radius: int = 0,
+    ) -> None:
         self.elements.append(Rect(_ibox(box), fill, outline, width, radius))
 
-    def hline(self, x0: float, x1: float, y: float, color: Color | None = None, width: int = 1,
-              dash: int = 0) -> None:
-        self.elements.append(Line((round(x0), round(y)), (round(x1), round(y)),
-                                  color or self.rule, width, dash))
+    def hline(
+        self,
+        x0: float,
+        x1: float,
+        y: float,
+        color: Color | None = None,
+        width: int = 1,
+        dash: int = 0,
+    ) -> None:
+        self.elements.append(
+            Line((round(x0), round(y)), (round(x1), round(y)), color or self.rule, width, dash)
+        )
 
-    def field(self, box: Sequence[float], value: str, font: FontSpec, color: Color | None = None,
-              align: str = "left", fmt: str = "", upper: bool = False, comb: int = 0) -> None:
+    def field(
+        self,
+        box: Sequence[float],
+        value: str,
+        font: FontSpec,
+        color: Color | None = None,
+        align: str = "left",
+        fmt: str = "",
+        upper: bool = False,
+        comb: int = 0,
+    ) -> None:
         if value == "pattern" and not fmt:
             fmt = _random_pattern(self.rng)
-        self.elements.append(Field(_ibox(box), value, font, color or self.ink, align, fmt,
-                                   upper, comb))
+        self.elements.append(
+            Field(_ibox(box), value, font, color or self.ink, align, fmt, upper, comb)
+        )
 
-    def inline_field(self, x0: float, x1: float, y: float, value: str, font: FontSpec,
-                     align: str = "left", upper: bool = False) -> None:
+    def inline_field(
+        self,
+        x0: float,
+        x1: float,
+        y: float,
+        value: str,
+        font: FontSpec,
+        align: str = "left",
+        upper: bool = False,
+    ) -> None:
         # A box 1.16 font sizes tall centres the value exactly where Text(y=y) would sit.
         self.field((x0, y, x1, y + 1.16 * font.size), value, font, align=align, upper=upper)
 
-    def logo(self, x: float, y: float, size: float, initials: str, primary: Color | None = None,
-             secondary: Color | None = None, shape: str | None = None) -> None:
+    def logo(
+        self,
+        x: float,
+        y: float,
+        size: float,
+        initials: str,
+        primary: Color | None = None,
+        secondary: Color | None = None,
+        shape: str | None = None,
+    ) -> None:
         s = round(size)
         shape = shape or self.rng.choice(_LOGO_SHAPES)
         fsize = s * (0.42 if len(initials) <= 2 else 0.3)
-        self.elements.append(Logo((round(x), round(y), round(x) + s, round(y) + s), shape,
-                                  primary or self.accent, secondary or self.paper, initials,
-                                  self.font("title", fsize)))
+        self.elements.append(
+            Logo(
+                (round(x), round(y), round(x) + s, round(y) + s),
+                shape,
+                primary or self.accent,
+                secondary or self.paper,
+                initials,
+                self.font("title", fsize),
+            )
+        )
 
 
 def _ibox(box: Sequence[float]) -> Box:
@@ -1394,8 +2136,9 @@ def _letterhead(b: _Builder, company: str, m: float) -> float:
         y = max(y, y0 + ls)
     y += 4
     if rng.random() < 0.75:
-        b.hline(m, b.w - m, y, b.accent if rng.random() < 0.5 else b.rule,
-                width=rng.choice((1, 1, 2)))
+        b.hline(
+            m, b.w - m, y, b.accent if rng.random() < 0.5 else b.rule, width=rng.choice((1, 1, 2))
+        )
     return y + m * 0.4
 
 
@@ -1409,8 +2152,14 @@ def _footer(b: _Builder, m: float, text: str) -> float:
     if style == "band":
         bh = small.size * 2.4
         b.rect((0, b.h - bh, b.w, b.h), fill=b.accent)
-        b.text(b.w / 2, b.h - bh / 2 - 0.6 * small.size, _fit(small, text, b.w - 2 * m), small,
-               b.paper, "center")
+        b.text(
+            b.w / 2,
+            b.h - bh / 2 - 0.6 * small.size,
+            _fit(small, text, b.w - 2 * m),
+            small,
+            b.paper,
+            "center",
+        )
         return b.h - bh - 6
     y = b.h - m * 0.6 - small.size
     b.text(b.w / 2, y, _fit(small, text, b.w - 2 * m), small, b.muted, "center")
@@ -1425,8 +2174,12 @@ def _build_letter(b: _Builder, company: str) -> None:
     if rng.random() < 0.2:
         b.rect((0, 0, rng.randint(5, 12), b.h), fill=b.accent)
     y = _letterhead(b, company, m)
-    bottom = _footer(b, m, f"{company.title()}  ·  Registered in {rng.choice(_COUNTRIES)}  ·  "
-                           f"Company No. {_fill_pattern(rng, '########')}")
+    bottom = _footer(
+        b,
+        m,
+        f"{company.title()}  ·  Registered in {rng.choice(_COUNTRIES)}  ·  "
+        f"Company No. {_fill_pattern(rng, '########')}",
+    )
     body = b.font("body", rng.uniform(8, 9.5))
     vfont = b.font("value", body.size)
     lh = body.size * rng.uniform(1.3, 1.5)
@@ -1453,13 +2206,18 @@ def _build_letter(b: _Builder, company: str) -> None:
     b.field((m, y, b.w - m, y + lh), "salutation", body)
     y += lh * 1.6
     sig_h = lh * 6
-    b.elements.append(Paragraph(_ibox((m, y, b.w - m, bottom - sig_h)), body, b.ink, lh,
-                                rng.uniform(0.55, 0.8)))
+    b.elements.append(
+        Paragraph(_ibox((m, y, b.w - m, bottom - sig_h)), body, b.ink, lh, rng.uniform(0.55, 0.8))
+    )
     y = bottom - sig_h + lh * 0.5
     b.text(m, y, rng.choice(_CLOSINGS), body)
     y += lh
-    b.elements.append(Signature(_ibox((m, y, m + b.w * 0.35, y + lh * 2.5)),
-                                rng.choice(((20, 30, 110), (20, 20, 20), (30, 30, 60)))))
+    b.elements.append(
+        Signature(
+            _ibox((m, y, m + b.w * 0.35, y + lh * 2.5)),
+            rng.choice(((20, 30, 110), (20, 20, 20), (30, 30, 60))),
+        )
+    )
     y += lh * 2.7
     b.field((m, y, m + b.w * 0.5, y + lh), "name", bold)
     b.text(m, y + lh, rng.choice(_JOB_TITLES), body, b.muted)
@@ -1469,8 +2227,12 @@ def _build_invoice(b: _Builder, company: str, doc_title: str) -> None:
     rng = b.rng
     m = b.w * rng.uniform(0.06, 0.09)
     y = _letterhead(b, company, m)
-    bottom = _footer(b, m, f"{company.title()}  ·  {_fill_pattern(rng, '@@## #### #### ####')}"
-                           f"  ·  Thank you for your business")
+    bottom = _footer(
+        b,
+        m,
+        f"{company.title()}  ·  {_fill_pattern(rng, '@@## #### #### ####')}"
+        f"  ·  Thank you for your business",
+    )
     body = b.font("body", rng.uniform(7.5, 9))
     vfont = b.font("value", body.size)
     head = b.font("title", body.size)
@@ -1479,12 +2241,24 @@ def _build_invoice(b: _Builder, company: str, doc_title: str) -> None:
     # Document title.
     tf = b.fit_font("title", doc_title, cw * 0.6, rng.uniform(15, 22))
     title_right = rng.random() < 0.5
-    b.text(b.w - m if title_right else m, y, doc_title, tf,
-           b.accent if rng.random() < 0.6 else b.ink, "right" if title_right else "left")
+    b.text(
+        b.w - m if title_right else m,
+        y,
+        doc_title,
+        tf,
+        b.accent if rng.random() < 0.6 else b.ink,
+        "right" if title_right else "left",
+    )
     y += tf.size * 1.6
     # Meta block (number, dates, ...) and bill-to.
-    metas = [("Invoice No.", "pattern"), ("Date", "date"), ("Due date", "date"),
-             ("Customer ID", "pattern"), ("PO number", "pattern"), ("Account", "digits")]
+    metas = [
+        ("Invoice No.", "pattern"),
+        ("Date", "date"),
+        ("Due date", "date"),
+        ("Customer ID", "pattern"),
+        ("PO number", "pattern"),
+        ("Account", "digits"),
+    ]
     metas = metas[:2] + rng.sample(metas[2:], rng.randint(1, 3))
     mw = cw * rng.uniform(0.4, 0.48)
     mx = b.w - m - mw if rng.random() < 0.75 else m
@@ -1496,8 +2270,13 @@ def _build_invoice(b: _Builder, company: str, doc_title: str) -> None:
             b.rect((mx, my, mx + mw * 0.45, my + lh), fill=b.light)
         if meta_style == "boxed":
             b.rect((mx, my, mx + mw, my + lh), outline=b.rule)
-        b.text(mx + 3, my + lh / 2 - 0.58 * body.size, b.label(lab), body,
-               b.muted if meta_style == "plain" else b.ink)
+        b.text(
+            mx + 3,
+            my + lh / 2 - 0.58 * body.size,
+            b.label(lab),
+            body,
+            b.muted if meta_style == "plain" else b.ink,
+        )
         b.field((mx + mw * 0.47, my, mx + mw - 3, my + lh), kind, vfont, align="right")
         my += lh
     heading = rng.choice(("BILL TO", "Bill to:", "Invoice to", "CUSTOMER", "Sold to:"))
@@ -1513,12 +2292,14 @@ def _build_invoice(b: _Builder, company: str, doc_title: str) -> None:
     desc = rng.choice(("Description", "Item", "Product / Service"))
     cols.append(Column(b.label(desc), 0, "item"))
     cols.append(Column(b.label(rng.choice(("Qty", "Quantity", "Units"))), 0.1, "qty", "right"))
-    cols.append(Column(b.label(rng.choice(("Unit price", "Rate", "Price"))), 0.17, "price",
-                       "right"))
+    cols.append(
+        Column(b.label(rng.choice(("Unit price", "Rate", "Price"))), 0.17, "price", "right")
+    )
     if rng.random() < 0.3:
         cols.append(Column(b.label("Tax"), 0.08, "percent", "right"))
-    cols.append(Column(b.label(rng.choice(("Amount", "Total", "Line total"))), 0.18,
-                       "line_amount", "right"))
+    cols.append(
+        Column(b.label(rng.choice(("Amount", "Total", "Line total"))), 0.18, "line_amount", "right")
+    )
     rest = 1.0 - sum(c.frac for c in cols)
     cols = [Column(c.title, rest, c.value, c.align, c.fmt) if c.frac == 0 else c for c in cols]
     rh = round(body.size * rng.uniform(1.7, 2.2))
@@ -1528,11 +2309,22 @@ def _build_invoice(b: _Builder, company: str, doc_title: str) -> None:
     n_rows = min(n_rows, rng.randint(6, 14))
     header_fill = rng.choice((b.accent, b.light, _mix(b.ink, b.paper, 0.9), None))
     header_color = b.paper if header_fill == b.accent else b.ink
-    table = Table(_ibox((m, y, b.w - m, y + hh + n_rows * rh)), tuple(cols), head, vfont, b.ink,
-                  b.rule, header_fill, header_color, rh, hh,
-                  rng.choice(("full", "rows", "header", "columns")),
-                  _mix(b.accent, b.paper, 0.94) if rng.random() < 0.3 else None,
-                  2, n_rows)
+    table = Table(
+        _ibox((m, y, b.w - m, y + hh + n_rows * rh)),
+        tuple(cols),
+        head,
+        vfont,
+        b.ink,
+        b.rule,
+        header_fill,
+        header_color,
+        rh,
+        hh,
+        rng.choice(("full", "rows", "header", "columns")),
+        _mix(b.accent, b.paper, 0.94) if rng.random() < 0.3 else None,
+        2,
+        n_rows,
+    )
     b.elements.append(table)
     y = table.box[3] + lh * 0.6
     # Totals.
@@ -1559,9 +2351,11 @@ def _build_invoice(b: _Builder, company: str, doc_title: str) -> None:
     nw = tx - m - 10
     b.text(m, ny, b.label(rng.choice(("Payment details", "Notes", "Terms & conditions"))), head)
     ny += lh
-    notes = [f"Bank: {rng.choice(_COMPANY_WORDS).title()} Bank",
-             f"IBAN: {_fill_pattern(rng, '@@## #### #### #### ##')}",
-             f"Payment due within {rng.choice((14, 30, 45, 60))} days"]
+    notes = [
+        f"Bank: {rng.choice(_COMPANY_WORDS).title()} Bank",
+        f"IBAN: {_fill_pattern(rng, '@@## #### #### #### ##')}",
+        f"Payment due within {rng.choice((14, 30, 45, 60))} days",
+    ]
     small = b.font("body", body.size * 0.9)
     for line in notes[: rng.randint(2, 3)]:
         b.text(m, ny, _fit(small, line, nw), small, b.muted)
@@ -1572,15 +2366,25 @@ def _build_invoice(b: _Builder, company: str, doc_title: str) -> None:
             style = rng.choice(("qr", "linear"))
             bw = side if style == "qr" else min(nw, side * 2.2)
             bh = side if style == "qr" else side * 0.45
-            b.elements.append(Barcode(_ibox((m, ny + 6, m + bw, ny + 6 + bh)), style, b.ink,
-                                      rng.choice((21, 25, 29))))
+            b.elements.append(
+                Barcode(
+                    _ibox((m, ny + 6, m + bw, ny + 6 + bh)), style, b.ink, rng.choice((21, 25, 29))
+                )
+            )
     if rng.random() < 0.3:
         sf = b.font("title", 14)
         text = rng.choice(("PAID", "RECEIVED", "COPY", "APPROVED"))
         sw = b.width_of(sf, text) + 16
         sx, sy = b.w * rng.uniform(0.35, 0.6), table.box[1] + rh * 2
-        b.elements.append(Stamp(_ibox((sx, sy, sx + sw, sy + sf.size * 1.8)), text, sf,
-                                rng.choice(((200, 30, 30), (30, 60, 170), (30, 120, 60))), 0.5))
+        b.elements.append(
+            Stamp(
+                _ibox((sx, sy, sx + sw, sy + sf.size * 1.8)),
+                text,
+                sf,
+                rng.choice(((200, 30, 30), (30, 60, 170), (30, 120, 60))),
+                0.5,
+            )
+        )
 
 
 def _build_receipt(b: _Builder, store: str) -> None:
@@ -1619,8 +2423,15 @@ def _build_receipt(b: _Builder, store: str) -> None:
     b.inline_field(m, m + cw * 0.6, y, "date", body)
     b.inline_field(b.w - m - cw * 0.35, b.w - m, y, "time", body, align="right")
     y += lh
-    for lab, kind in rng.sample((("RECEIPT #", "pattern"), ("CASHIER:", "first_name"),
-                                 ("TRANS:", "digits"), ("STORE:", "pattern")), rng.randint(1, 2)):
+    for lab, kind in rng.sample(
+        (
+            ("RECEIPT #", "pattern"),
+            ("CASHIER:", "first_name"),
+            ("TRANS:", "digits"),
+            ("STORE:", "pattern"),
+        ),
+        rng.randint(1, 2),
+    ):
         b.text(m, y, lab, body)
         b.inline_field(m + b.width_of(body, lab + " "), b.w - m, y, kind, body, upper=True)
         y += lh
@@ -1629,8 +2440,9 @@ def _build_receipt(b: _Builder, store: str) -> None:
     big = b.font("title", body.size * rng.uniform(1.1, 1.35))
     code_h = round(b.h * rng.uniform(0.045, 0.07)) if rng.random() < 0.55 else 0
     tail = lh * (4.4 + footer_lines) + big.size * 1.4 + (code_h + 8 if code_h else 0) + m * 0.6
-    b.elements.append(ItemList(_ibox((m, y, b.w - m, b.h - tail)), body, b.ink, lh,
-                               3, 25, rng.random() < 0.5))
+    b.elements.append(
+        ItemList(_ibox((m, y, b.w - m, b.h - tail)), body, b.ink, lh, 3, 25, rng.random() < 0.5)
+    )
     y = tail_top = b.h - tail
     rule()
     for lab, kind in (("SUBTOTAL", "subtotal"), (f"TAX {b.locale.tax_rate:g}%", "tax")):
@@ -1647,8 +2459,9 @@ def _build_receipt(b: _Builder, store: str) -> None:
         y += lh
     if code_h:
         bw = cw * rng.uniform(0.6, 0.9)
-        b.elements.append(Barcode(_ibox(((b.w - bw) / 2, y + 4, (b.w + bw) / 2, y + 4 + code_h)),
-                                  "linear", b.ink))
+        b.elements.append(
+            Barcode(_ibox(((b.w - bw) / 2, y + 4, (b.w + bw) / 2, y + 4 + code_h)), "linear", b.ink)
+        )
     # Real receipts end right after the totals, however many items were bought.
     b.elements.append(Collapse(round(tail_top), b.paper))
 
@@ -1673,26 +2486,26 @@ def _build_form(b: _Builder, company: str, doc_title: str) -> None:
         b.logo(m, (bh - ls) / 2, ls, _initials(company), b.paper, b.accent)
         tf = b.fit_font("title", company, cw - ls * 1.3, bh * 0.3)
         b.text(m + ls * 1.3, bh * 0.3 - 0.5 * tf.size, company, tf, b.paper)
-        b.text(m + ls * 1.3, bh * 0.68 - 0.6 * small.size, doc_title, b.font("body", bh * 0.2),
-               b.paper)
+        b.text(
+            m + ls * 1.3, bh * 0.68 - 0.6 * small.size, doc_title, b.font("body", bh * 0.2), b.paper
+        )
         y = bh + 6
         b.text(b.w - m, y, code, small, b.muted, "right")
         y += small.size * 2
     else:
         code_right = rng.random() < 0.6
-        b.text(b.w - m if code_right else m, y, code, small, b.muted,
-               "right" if code_right else "left")
+        b.text(
+            b.w - m if code_right else m, y, code, small, b.muted, "right" if code_right else "left"
+        )
         y += small.size * 1.8
         ls = b.h * 0.06
         b.logo(m, y, ls, _initials(company))
         tf = b.fit_font("title", doc_title, cw - ls * 2.6, rng.uniform(12, 16))
         if header == "boxed":
             b.rect((m + ls * 1.3, y, b.w - m, y + ls), outline=b.ink, width=rng.choice((1, 2)))
-        b.text(b.w / 2 + ls * 0.65, y + ls * 0.3 - 0.5 * tf.size, doc_title, tf, b.ink,
-               "center")
+        b.text(b.w / 2 + ls * 0.65, y + ls * 0.3 - 0.5 * tf.size, doc_title, tf, b.ink, "center")
         cf = b.fit_font("body", company, cw - ls * 2.6, small.size * 1.2)
-        b.text(b.w / 2 + ls * 0.65, y + ls * 0.72 - 0.5 * cf.size, company, cf, b.muted,
-               "center")
+        b.text(b.w / 2 + ls * 0.65, y + ls * 0.72 - 0.5 * cf.size, company, cf, b.muted, "center")
         y += ls + 8
     # Instructions.
     for _ in range(rng.randint(1, 3)):
@@ -1705,8 +2518,12 @@ def _build_form(b: _Builder, company: str, doc_title: str) -> None:
     field_style = rng.choice(("box", "underline", "cell", "comb"))
     head_style = rng.choice(("bar", "rule", "numbered", "light"))
     label_h = small.size * 1.4
-    row_h = {"box": label_h + vfont.size * 2.0 + 5, "underline": vfont.size * 2.3,
-             "cell": vfont.size * 3.0, "comb": label_h + vfont.size * 2.0 + 5}[field_style]
+    row_h = {
+        "box": label_h + vfont.size * 2.0 + 5,
+        "underline": vfont.size * 2.3,
+        "cell": vfont.size * 3.0,
+        "comb": label_h + vfont.size * 2.0 + 5,
+    }[field_style]
     fields = list(_FORM_FIELDS)
     rng.shuffle(fields)
     sections = rng.sample(_SECTION_TITLES, 5)
@@ -1731,8 +2548,11 @@ def _build_form(b: _Builder, company: str, doc_title: str) -> None:
         if kind < 0.2 and y + row_h * 2 < limit:
             # A tick-box question.
             opts = rng.choice(_CHECK_OPTIONS)
-            q = b.label(rng.choice(("Type", "Category", "Status", "Please tick one",
-                                    "Method", "Title", "Purpose")))
+            q = b.label(
+                rng.choice(
+                    ("Type", "Category", "Status", "Please tick one", "Method", "Title", "Purpose")
+                )
+            )
             b.text(m, y + 2, q + ":", body)
             x = m + b.width_of(body, q + ":  ") + 6
             boxes = []
@@ -1752,9 +2572,22 @@ def _build_form(b: _Builder, company: str, doc_title: str) -> None:
             cols = tuple(Column(b.label(lab), 1 / ncols, v) for lab, v in picks)
             rh = round(vfont.size * 1.9)
             n = min(rng.randint(3, 5), int((limit - y - rh) // rh))
-            t = Table(_ibox((m, y, b.w - m, y + rh * (n + 1))), cols, b.font("title", small.size),
-                      vfont, b.ink, b.ink, b.light if rng.random() < 0.5 else None, b.ink, rh, rh,
-                      "full", None, 1, n)
+            t = Table(
+                _ibox((m, y, b.w - m, y + rh * (n + 1))),
+                cols,
+                b.font("title", small.size),
+                vfont,
+                b.ink,
+                b.ink,
+                b.light if rng.random() < 0.5 else None,
+                b.ink,
+                rh,
+                rh,
+                "full",
+                None,
+                1,
+                n,
+            )
             b.elements.append(t)
             y = t.box[3] + 10
             continue
@@ -1799,21 +2632,28 @@ def _build_form(b: _Builder, company: str, doc_title: str) -> None:
                 else:
                     b.text(x0, y + row_h - 4 - body.size * 1.1, lab + ":", body)
                     lx = x0 + b.width_of(body, lab + ": ") + 2
-                    b.hline(lx, x1, y + row_h - 4, b.rule,
-                            dash=rng.choice((0, 0, 2)) if c == 0 else 0)
+                    b.hline(
+                        lx, x1, y + row_h - 4, b.rule, dash=rng.choice((0, 0, 2)) if c == 0 else 0
+                    )
                     b.field((lx + 3, y, x1, y + row_h - 5), vt, vfont)
             y += row_h
         y += 8
     # Declaration and signature.
     y = max(y, limit) + 4
-    b.text(m, y, _fit(small, "I declare that the information given above is true and complete.",
-                      cw), small, b.muted)
+    b.text(
+        m,
+        y,
+        _fit(small, "I declare that the information given above is true and complete.", cw),
+        small,
+        b.muted,
+    )
     y += small.size * 2.2
     sw = cw * 0.45
     b.hline(m, m + sw, y + body.size * 2.2, b.ink)
     b.text(m, y + body.size * 2.5, b.label("Signature"), small, b.muted)
-    b.elements.append(Signature(_ibox((m + 4, y - 2, m + sw - 4, y + body.size * 2.1)),
-                                (25, 35, 110)))
+    b.elements.append(
+        Signature(_ibox((m + 4, y - 2, m + sw - 4, y + body.size * 2.1)), (25, 35, 110))
+    )
     dx = b.w - m - cw * 0.35
     b.hline(dx, b.w - m, y + body.size * 2.2, b.ink)
     b.text(dx, y + body.size * 2.5, b.label("Date"), small, b.muted)
@@ -1825,9 +2665,14 @@ def _build_id_card(b: _Builder, issuer: str, doc_title: str) -> None:
     m = b.h * rng.uniform(0.05, 0.08)
     if rng.random() < 0.7:
         pcolor = _mix(b.accent, b.paper, rng.uniform(0.75, 0.88))
-        b.elements.append(Pattern((0, 0, b.w, b.h), rng.choice(("guilloche", "rosette", "dots",
-                                                                "hatch")), pcolor,
-                                  rng.randrange(1 << 30)))
+        b.elements.append(
+            Pattern(
+                (0, 0, b.w, b.h),
+                rng.choice(("guilloche", "rosette", "dots", "hatch")),
+                pcolor,
+                rng.randrange(1 << 30),
+            )
+        )
     band = rng.random() < 0.75
     y = m
     if band:
@@ -1862,18 +2707,29 @@ def _build_id_card(b: _Builder, issuer: str, doc_title: str) -> None:
         bottom -= mrz_h
         b.rect((0, bottom + 2, b.w, bottom + mrz_h + m), fill=_mix(b.paper, (255, 255, 255), 0.6))
         for k in range(2):
-            b.field((m, bottom + 6 + k * mono.size * 1.3, b.w - m, bottom + 6 + (k + 1) * mono.size
-                     * 1.3), "mrz", mono)
+            b.field(
+                (
+                    m,
+                    bottom + 6 + k * mono.size * 1.3,
+                    b.w - m,
+                    bottom + 6 + (k + 1) * mono.size * 1.3,
+                ),
+                "mrz",
+                mono,
+            )
     # Photo.
     pw = b.w * rng.uniform(0.22, 0.28)
     ph = min(pw * rng.uniform(1.2, 1.3), bottom - y - (b.h * 0.1 if rng.random() < 0.5 else 0))
     pw = min(pw, ph / 1.15)
     photo_left = rng.random() < 0.7
     px = m if photo_left else b.w - m - pw
-    b.elements.append(Photo(_ibox((px, y, px + pw, y + ph)),
-                            rng.choice(((220, 225, 232), (235, 235, 235), (200, 215, 235),
-                                        (230, 230, 220))),
-                            b.rule if rng.random() < 0.6 else None))
+    b.elements.append(
+        Photo(
+            _ibox((px, y, px + pw, y + ph)),
+            rng.choice(((220, 225, 232), (235, 235, 235), (200, 215, 235), (230, 230, 220))),
+            b.rule if rng.random() < 0.6 else None,
+        )
+    )
     if bottom - (y + ph) > b.h * 0.08:
         b.elements.append(Signature(_ibox((px, y + ph + 2, px + pw, bottom)), (20, 30, 90)))
     # Fields beside the photo.
@@ -1884,18 +2740,34 @@ def _build_id_card(b: _Builder, issuer: str, doc_title: str) -> None:
         b.rect(chip, fill=(212, 175, 85), outline=(150, 120, 50), radius=4)
         cy = (chip[1] + chip[3]) / 2
         b.hline(chip[0], chip[2], cy, (150, 120, 50))
-        b.elements.append(Line((round((chip[0] + chip[2]) / 2), round(chip[1])),
-                               (round((chip[0] + chip[2]) / 2), round(chip[3])), (150, 120, 50)))
+        b.elements.append(
+            Line(
+                (round((chip[0] + chip[2]) / 2), round(chip[1])),
+                (round((chip[0] + chip[2]) / 2), round(chip[3])),
+                (150, 120, 50),
+            )
+        )
         fx1 -= b.w * 0.12
     lab_f = b.font("body", b.h * rng.uniform(0.028, 0.034))
     val_role = "title" if rng.random() < 0.5 else "value"
     val_f = b.font(val_role, b.h * rng.uniform(0.04, 0.05))
     label_color = b.accent if rng.random() < 0.5 else b.muted
     pitch = lab_f.size * 1.3 + val_f.size * 1.5
-    specs = [("Surname", "last_name"), ("Given names", "first_name"), ("Date of birth", "date"),
-             ("Document no.", "pattern"), ("Expiry date", "date")]
-    extra = [("Nationality", "country"), ("Sex", "sex"), ("Department", "department"),
-             ("Place of birth", "city"), ("Date of issue", "date"), ("Member ID", "pattern")]
+    specs = [
+        ("Surname", "last_name"),
+        ("Given names", "first_name"),
+        ("Date of birth", "date"),
+        ("Document no.", "pattern"),
+        ("Expiry date", "date"),
+    ]
+    extra = [
+        ("Nationality", "country"),
+        ("Sex", "sex"),
+        ("Department", "department"),
+        ("Place of birth", "city"),
+        ("Date of issue", "date"),
+        ("Member ID", "pattern"),
+    ]
     specs += rng.sample(extra, 3)
     if rng.random() < 0.3:
         specs = [("Name", "name")] + specs[2:]
@@ -1910,8 +2782,7 @@ def _build_id_card(b: _Builder, issuer: str, doc_title: str) -> None:
         x0 = fx0 + c * colw
         yy = y + r * pitch
         b.text(x0, yy, b.label(lab) if not upper else lab.upper(), lab_f, label_color)
-        b.field((x0, yy + lab_f.size * 1.2, x0 + colw - 6, yy + pitch - 2), vt, val_f,
-                upper=upper)
+        b.field((x0, yy + lab_f.size * 1.2, x0 + colw - 6, yy + pitch - 2), vt, val_f, upper=upper)
 
 
 def make_template(index: int, seed: int = 0) -> DocumentTemplate:
@@ -1956,14 +2827,25 @@ def make_template(index: int, seed: int = 0) -> DocumentTemplate:
     else:
         doc = rng.choice(_DOC_TITLES["id_card"])
         if rng.random() < 0.35:
-            company = f"{rng.choice(('REPUBLIC OF', 'STATE OF', 'KINGDOM OF'))} " \
-                      f"{rng.choice(_COMPANY_WORDS)}"
+            company = (
+                f"{rng.choice(('REPUBLIC OF', 'STATE OF', 'KINGDOM OF'))} "
+                f"{rng.choice(_COMPANY_WORDS)}"
+            )
         title = f"{company} – {doc}"
         _build_id_card(b, company, doc)
     main = (FontSpec(fonts["title"], 16), FontSpec(fonts["body"], 9), FontSpec(fonts["value"], 9))
     return DocumentTemplate(
-        index=index, seed=seed, kind=kind, title=title, width=width, height=height,
-        fonts=main, paper=b.paper, ink=b.ink, accent=b.accent, locale=b.locale,
+        index=index,
+        seed=seed,
+        kind=kind,
+        title=title,
+        width=width,
+        height=height,
+        fonts=main,
+        paper=b.paper,
+        ink=b.ink,
+        accent=b.accent,
+        locale=b.locale,
         elements=tuple(b.elements),
     )
 
@@ -2000,8 +2882,9 @@ _NOISE_SIDE = 1024
 def _noise_bank() -> np.ndarray:
     # Cropping a fixed noise field at a random offset is ~5x cheaper than fresh gaussian noise
     # per image and just as deterministic.
-    return np.random.default_rng(12345).standard_normal((_NOISE_SIDE, _NOISE_SIDE),
-                                                         dtype=np.float32)
+    return np.random.default_rng(12345).standard_normal(
+        (_NOISE_SIDE, _NOISE_SIDE), dtype=np.float32
+    )
 
 
 def _degrade(img: Image.Image, rng: random.Random, out_size: tuple[int, int]) -> Image.Image:
@@ -2019,15 +2902,24 @@ def _degrade(img: Image.Image, rng: random.Random, out_size: tuple[int, int]) ->
     cy = h / 2 + rng.uniform(-0.025, 0.025) * h
     ca, sa = math.cos(ang) * zoom, math.sin(ang) * zoom
     jitter = 0.022 * max(w, h)
-    dst = np.array([
-        (cx + ca * (x - w / 2) - sa * (y - h / 2) + rng.uniform(-jitter, jitter),
-         cy + sa * (x - w / 2) + ca * (y - h / 2) + rng.uniform(-jitter, jitter))
-        for x, y in ((0, 0), (w, 0), (w, h), (0, h))
-    ])
+    dst = np.array(
+        [
+            (
+                cx + ca * (x - w / 2) - sa * (y - h / 2) + rng.uniform(-jitter, jitter),
+                cy + sa * (x - w / 2) + ca * (y - h / 2) + rng.uniform(-jitter, jitter),
+            )
+            for x, y in ((0, 0), (w, 0), (w, h), (0, h))
+        ]
+    )
     src = np.array([(0, 0), (sw, 0), (sw, sh), (0, sh)], dtype=np.float64)
     backdrop = _hsv(rng.random(), rng.uniform(0, 0.35), rng.uniform(0.2, 0.75))
-    img = img.transform((w, h), Image.Transform.PERSPECTIVE, _homography(dst, src),
-                        Image.Resampling.BILINEAR, fillcolor=backdrop)
+    img = img.transform(
+        (w, h),
+        Image.Transform.PERSPECTIVE,
+        _homography(dst, src),
+        Image.Resampling.BILINEAR,
+        fillcolor=backdrop,
+    )
     if rng.random() < 0.5:
         # A box blur is ~2x cheaper than GaussianBlur and looks the same at these radii.
         img = img.filter(ImageFilter.BoxBlur(rng.uniform(0.4, 1.0) * scale_px))
@@ -2037,8 +2929,10 @@ def _degrade(img: Image.Image, rng: random.Random, out_size: tuple[int, int]) ->
     lut: list[int] = []
     for _ in range(3):
         gain = rng.uniform(0.92, 1.04)
-        lut.extend(min(255, max(0, round(((v - 128.0) * contrast + 128.0 + bright) * gain)))
-                   for v in range(256))
+        lut.extend(
+            min(255, max(0, round(((v - 128.0) * contrast + 128.0 + bright) * gain)))
+            for v in range(256)
+        )
     img = img.point(lut)
     shadow = rng.random() < 0.6
     noise = rng.random() < 0.6
@@ -2057,7 +2951,7 @@ def _degrade(img: Image.Image, rng: random.Random, out_size: tuple[int, int]) ->
             bank = _noise_bank()
             if h <= _NOISE_SIDE and w <= _NOISE_SIDE:
                 oy, ox = rng.randrange(_NOISE_SIDE - h + 1), rng.randrange(_NOISE_SIDE - w + 1)
-                field = bank[oy: oy + h, ox: ox + w] * sigma
+                field = bank[oy : oy + h, ox : ox + w] * sigma
             else:
                 field = np.resize(bank, (h, w)) * sigma
             arr += field[:, :, None]

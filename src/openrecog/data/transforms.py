@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -9,6 +10,12 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from openrecog.config import AugmentConfig
+
+# v2.JPEG uses torchvision's image codec, deprecated in favour of TorchCodec; it still works
+# and torchcodec is not a dependency, so the per-call warning is only noise.
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding", category=DeprecationWarning
+)
 
 
 def build_eval_transform(

@@ -45,7 +45,9 @@ def is_artifact(path: str | Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
-def save_artifact(model: Embedder, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save_artifact(
+    model: Embedder, path: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
     """Write ``model`` to the directory ``path`` atomically (temp dir, then rename).
 
     An existing artifact at ``path`` is replaced only once the new one is complete.
@@ -126,7 +128,9 @@ def read_artifact_config(path: str | Path) -> dict[str, Any]:
     if not path.is_dir():
         raise ArtifactError(f"model not found: {path}")
     if not is_artifact(path):
-        raise ArtifactError(f"{path}: not a model artifact (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        raise ArtifactError(
+            f"{path}: not a model artifact (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
     try:
         config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

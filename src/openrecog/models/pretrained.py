@@ -127,7 +127,9 @@ def convert_lukemelas_lite(
         converted[new_key] = tensor
     missing = set(target) - set(converted)
     if missing:
-        raise ValueError(f"weights do not cover {len(missing)} model keys, e.g. {sorted(missing)[:3]}")
+        raise ValueError(
+            f"weights do not cover {len(missing)} model keys, e.g. {sorted(missing)[:3]}"
+        )
     return converted
 
 

@@ -51,15 +51,15 @@ def get_model_config(name: str) -> ModelConfig:
     return _REGISTRY[name].config.model_copy()
 
 
-def create_model(name_or_config: str | ModelConfig, pretrained: bool = True, **overrides) -> Embedder:
+def create_model(
+    name_or_config: str | ModelConfig, pretrained: bool = True, **overrides
+) -> Embedder:
     """Build an :class:`Embedder` from a registered name or a :class:`ModelConfig`.
 
     ``overrides`` replace config fields (``create_model("lite0_squeeze", embedding_dim=64)``);
     ``pretrained`` loads the offline backbone weights where the config asks for them.
     """
-    config = (
-        get_model_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
-    )
+    config = get_model_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
     if overrides:
         config = ModelConfig.model_validate({**config.model_dump(), **overrides})
     return Embedder(config, load_pretrained=pretrained)
@@ -110,7 +110,7 @@ def _register_builtin() -> None:
             ModelConfig(
                 backbone=f"tf_efficientnet_{variant}", neck="gap", norm="none", embedding_dim=None
             ),
-            f"off-the-shelf baseline: ImageNet EfficientNet-{variant.title()} GAP features (1280-d)",
+            f"off-the-shelf baseline: ImageNet EfficientNet-{variant.title()} GAP features",
         )
     register_model_config(
         "docclassifier_lcnet050",

@@ -1,0 +1,284 @@
+"""The ``openrecog`` command line: thin typer wrappers over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from openrecog.config import ConfigError
+
+app = typer.Typer(
+    help="Open-set visual recognition by metric learning: train, evaluate, register, recognize.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Errors a user can cause and fix; they get one line, never a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` to stderr and exit."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected errors into a one-line message and exit code 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except USER_ERRORS as exc:
+            fail(str(exc) or type(exc).__name__)
+        except KeyboardInterrupt:
+            fail("interrupted", code=130)
+
+    return wrapper
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML experiment config")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="dotted overrides, e.g. train.epochs=3")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint")] = False,
+) -> None:
+    """Train an embedding model; writes runs/<name>/ with config, logs, checkpoints, best/."""
+    from openrecog.config import load_config
+    from openrecog.eval.table import format_table
+    from openrecog.train.trainer import Trainer
+
+    if config is not None and "=" in config.name and not config.exists():
+        overrides = [str(config), *(overrides or [])]
+        config = None
+    cfg = load_config(config, overrides or [])
+    result = Trainer(cfg, resume=resume).fit()
+    typer.echo(f"run folder: {result.run_dir}  (best model: {result.run_dir / 'best'})")
+    if result.final_metrics:
+        typer.echo(format_table([{"model": "final", **result.final_metrics}], columns=_COLUMNS))
+
+
+_COLUMNS = ["model", "p@1", "map@5", "mp@5", "recall@5", "tpr@fpr=1e-03", "tpr@fpr=1e-04", "auroc"]
+
+
+def _dataset_from_path(data: Path, split: str, image_size: int):
+    from openrecog.data.datasets import csv_dataset, folder_dataset
+
+    if (data / "labels.csv").is_file() or data.suffix == ".csv":
+        return csv_dataset(data, split=split or None)
+    return folder_dataset(data)
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    model: Annotated[str, typer.Argument(help="model artifact folder or model name")],
+    data: Annotated[Path, typer.Option(help="folder with labels.csv, or class-per-folder")],
+    split: Annotated[str, typer.Option(help="labels.csv split to use ('' for all)")] = "test",
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    target_far: Annotated[float, typer.Option(help="false-accept rate for the threshold")] = 1e-3,
+    output: Annotated[Path | None, typer.Option("--json", help="write metrics JSON here")] = None,
+) -> None:
+    """Evaluate a model leave-one-out on class-disjoint labelled images."""
+    from openrecog.eval.evaluate import evaluate_model
+    from openrecog.eval.table import format_table, metrics_to_json
+    from openrecog.models import load_model
+
+    embedder = load_model(model)
+    dataset = _dataset_from_path(data, split, embedder.config.image_size)
+    if dataset.skipped:
+        typer.echo(f"skipped {len(dataset.skipped)} unreadable files", err=True)
+    metrics = evaluate_model(
+        embedder, dataset, batch_size=batch_size, target_far=target_far, progress=True
+    )
+    typer.echo(format_table([{"model": model, **metrics}], columns=_COLUMNS + ["threshold"]))
+    if output:
+        metrics_to_json(metrics, output)
+        typer.echo(f"metrics written to {output}")
+
+
+def _open_gallery(path: Path, model: str | None, threshold: float | None):
+    from openrecog.gallery import Gallery
+    from openrecog.models import load_model
+
+    if (path / "gallery.json").is_file():
+        gallery = Gallery.load(path)
+        if threshold is not None:
+            gallery.threshold = threshold
+        return gallery
+    if path.exists() and any(path.iterdir()):
+        fail(f"{path} exists and is not a gallery; choose an empty or new folder")
+    if model is None:
+        fail(f"{path} is not a gallery yet; create it by passing --model (e.g. --model default)")
+    return Gallery(load_model(model), threshold=threshold)
+
+
+@app.command()
+@user_errors
+def register(
+    gallery: Annotated[Path, typer.Argument(help="gallery folder (created if new)")],
+    sources: Annotated[list[Path], typer.Argument(help="folders (<class>/<img>) or image files")],
+    model: Annotated[str | None, typer.Option(help="model for a new gallery")] = None,
+    label: Annotated[str | None, typer.Option(help="label for image files (default: stem)")] = None,
+    threshold: Annotated[float | None, typer.Option(help="unknown threshold (cosine)")] = None,
+) -> None:
+    """Register images into a gallery and save it atomically."""
+    g = _open_gallery(gallery, model, threshold)
+    added = skipped = 0
+    for source in sources:
+        if source.is_dir():
+            report = g.register_folder(source, progress=True)
+        elif source.exists():
+            report = g.register_many([source], [label or source.stem])
+        else:
+            fail(f"{source}: no such file or folder")
+        added += len(report.added)
+        skipped += len(report.skipped)
+        for item in report.skipped:
+            typer.echo(f"skipped {item.path}: {item.reason}", err=True)
+    g.save(gallery)
+    typer.echo(
+        f"registered {added} images ({skipped} skipped); gallery now has "
+        f"{len(g)} items in {len(g.classes())} classes -> {gallery}"
+    )
+
+
+@app.command()
+@user_errors
+def classify(
+    gallery: Annotated[Path, typer.Argument(help="gallery folder")],
+    images: Annotated[list[Path], typer.Argument(help="images to recognise")],
+    threshold: Annotated[float | None, typer.Option(help="override the gallery threshold")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Recognise each image as a registered class or 'unknown'."""
+    from openrecog.data.images import ImageLoadError
+    from openrecog.gallery import Gallery
+
+    g = Gallery.load(gallery)
+    if threshold is not None:
+        g.threshold = threshold
+    results, failed = [], 0
+    for image in images:
+        try:
+            label, score = g.classify(image)
+            results.append({"image": str(image), "label": label, "score": round(score, 4)})
+        except ImageLoadError as exc:
+            failed += 1
+            results.append({"image": str(image), "error": str(exc)})
+    if as_json:
+        _echo_json(results)
+    else:
+        for r in results:
+            line = r.get("error") or f"{r['label']}\t{r['score']:.4f}"
+            typer.echo(f"{r['image']}\t{line}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def search(
+    gallery: Annotated[Path, typer.Argument(help="gallery folder")],
+    image: Annotated[Path, typer.Argument(help="query image")],
+    k: Annotated[int, typer.Option("-k", min=1, help="number of results")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show the k most similar registered items."""
+    from openrecog.gallery import Gallery
+
+    hits = Gallery.load(gallery).search(image, k=k)
+    if as_json:
+        _echo_json([h.__dict__ for h in hits])
+        return
+    for rank, hit in enumerate(hits, 1):
+        typer.echo(f"{rank}\t{hit.score:.4f}\t{hit.label}\t(item {hit.item_id})")
+
+
+@app.command()
+@user_errors
+def remove(
+    gallery: Annotated[Path, typer.Argument(help="gallery folder")],
+    item_id: Annotated[int | None, typer.Option("--id", help="item id to remove")] = None,
+    label: Annotated[str | None, typer.Option(help="remove every item of this class")] = None,
+) -> None:
+    """Remove an item or a whole class from a gallery."""
+    from openrecog.gallery import Gallery
+
+    if (item_id is None) == (label is None):
+        fail("give exactly one of --id or --label")
+    g = Gallery.load(gallery)
+    removed = 1 if item_id is not None else 0
+    if item_id is not None:
+        g.remove(item_id)
+    else:
+        removed = g.remove_class(label)
+    g.save(gallery)
+    typer.echo(f"removed {removed} item(s); {len(g)} remain")
+
+
+@app.command()
+@user_errors
+def info(gallery: Annotated[Path, typer.Argument(help="gallery folder")]) -> None:
+    """Print a gallery's size, classes, threshold and model."""
+    from openrecog.gallery import Gallery
+
+    g = Gallery.load(gallery)
+    _echo_json({**g.info(), "class_counts": g.classes()})
+
+
+@app.command()
+def models() -> None:
+    """List shipped models and registered model configurations."""
+    from openrecog.models import list_models, list_shipped_models
+
+    shipped = list_shipped_models()
+    typer.echo("shipped (trained): " + (", ".join(shipped) if shipped else "none"))
+    for entry in list_models():
+        typer.echo(f"  {entry.name:<24} {entry.description}")
+
+
+@app.command()
+@user_errors
+def demo(
+    output: Annotated[Path, typer.Option(help="working folder")] = Path("demo_out"),
+    steps: Annotated[int, typer.Option(min=1, help="fine-tuning steps")] = 300,
+    shared_data: Annotated[Path, typer.Option(help="folder with real benchmark sets")] = Path(
+        "../shared/data"
+    ),
+) -> None:
+    """End to end: synthetic data → fine-tune → evaluate → register → recognise."""
+    from openrecog.demo import run_demo
+
+    run_demo(output, steps=steps, shared_data=shared_data)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""One Trainer on plain PyTorch: margin-loss metric learning with exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from openrecog.config import ExperimentConfig
+from openrecog.data.datasets import AugmentedDataset
+from openrecog.data.factory import build_eval_dataset, build_train_dataset
+from openrecog.data.samplers import ClassBalancedBatchSampler
+from openrecog.data.transforms import build_train_transform
+from openrecog.eval.evaluate import evaluate_model
+from openrecog.losses import build_head
+from openrecog.models import Embedder, create_model, resolve_preprocessing, save_artifact
+from openrecog.train.checkpoint import (
+    capture_rng_state,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+SELECTION_METRIC = "map@5"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    steps: int
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA if available else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def param_groups(
+    modules: dict[str, nn.Module], lrs: dict[str, float], weight_decay: float
+) -> list[dict]:
+    """Optimizer groups per module, without weight decay on biases and norm parameters."""
+    groups = []
+    for name, module in modules.items():
+        decay, no_decay = [], []
+        for param in module.parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        for params, wd, suffix in ((decay, weight_decay, ""), (no_decay, 0.0, "_no_decay")):
+            if params:
+                groups.append(
+                    {"params": params, "lr": lrs[name], "weight_decay": wd, "name": name + suffix}
+                )
+    return groups
+
+
+class Trainer:
+    """Trains an :class:`Embedder` with a margin head on a class-balanced stream of views.
+
+    Args:
+        config: the validated experiment config.
+        run_dir: output folder (default ``<output_dir>/<name>``).
+        resume: ``True`` to continue from the newest checkpoint in ``run_dir``, or a path.
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: str | Path | None = None,
+        resume: bool | str = False,
+    ) -> None:
+        self.config = config
+        tc = config.train
+        self.run_dir = Path(run_dir or Path(tc.output_dir) / tc.name)
+        self.device = resolve_device(tc.device)
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        _seed_everything(tc.seed)
+
+        self.model: Embedder = create_model(config.model).to(self.device)
+        self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
+        pre = resolve_preprocessing(config.model)
+        self.train_base = build_train_dataset(config.data, pre["image_size"])
+        self.eval_data = build_eval_dataset(config.eval, pre["image_size"])
+        transform = build_train_transform(
+            pre["image_size"], pre["mean"], pre["std"], config.data.augment
+        )
+        m = (
+            config.data.views_per_instance
+            if config.data.instance_as_class
+            else (config.data.images_per_class)
+        )
+        self.sampler = ClassBalancedBatchSampler(
+            self.train_base.labels, tc.batch_size, m, seed=tc.seed
+        )
+        self.loader = DataLoader(
+            AugmentedDataset(self.train_base, transform),
+            batch_sampler=self.sampler,
+            num_workers=config.data.num_workers,
+            worker_init_fn=_single_thread_worker,
+            persistent_workers=False,
+        )
+        lc = config.loss
+        self.head = build_head(
+            lc.name,
+            self.model.embedding_dim,
+            len(self.train_base.class_names),
+            s=lc.s,
+            m=lc.m,
+            m1=lc.m1,
+            m2=lc.m2,
+            m3=lc.m3,
+            sample_rate=lc.sample_rate,
+            easy_margin=lc.easy_margin,
+            seed=tc.seed,
+        ).to(self.device)
+        head_lr = tc.head_lr or tc.lr
+        groups = param_groups(
+            {"backbone": self.model.backbone, "neck": self.model.neck, "head": self.head},
+            {"backbone": tc.lr, "neck": head_lr, "head": head_lr},
+            tc.weight_decay,
+        )
+        if tc.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=tc.lr)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, nesterov=True)
+        self.steps_per_epoch = len(self.sampler)
+        self.total_steps = tc.max_steps or tc.epochs * self.steps_per_epoch
+        self.scheduler = CosineLRScheduler(
+            self.optimizer,
+            t_initial=max(1, self.total_steps),
+            lr_min=tc.lr * tc.min_lr_ratio,
+            warmup_t=tc.warmup_steps,
+            warmup_lr_init=tc.lr * 0.01,
+            t_in_epochs=False,
+        )
+        self.step = 0
+        self.best: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        if resume:
+            self._resume(resume)
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run bit-for-bit."""
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": {
+                "epoch": self.step // self.steps_per_epoch,
+                "start_batch": self.step % self.steps_per_epoch,
+                "seed": self.sampler.seed,
+            },
+            "rng": capture_rng_state(),
+            "best": self.best,
+            "history": self.history,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def _resume(self, resume: bool | str) -> None:
+        if resume is True:
+            found = list_checkpoints(self.run_dir / "checkpoints")
+            if not found:
+                raise FileNotFoundError(f"nothing to resume: no checkpoints in {self.run_dir}")
+            path = found[-1]
+        else:
+            path = Path(resume)
+        state = load_checkpoint(path)
+        if state.get("config", {}).get("model") != self.config.model.model_dump(mode="json"):
+            raise ValueError(f"{path}: checkpoint was made with a different model config")
+        self.model.load_state_dict(state["model"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        restore_rng_state(state["rng"])
+        self.step = state["step"]
+        self.best = state["best"]
+        self.history = state["history"]
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of the current step."""
+        return save_checkpoint(
+            self.state_dict(),
+            self.run_dir / "checkpoints",
+            self.step,
+            self.config.train.keep_checkpoints,
+        )
+
+    # ----------------------------------------------------------------- training
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimisation step; returns the loss."""
+        tc = self.config.train
+        self.model.train()
+        self.head.train()
+        images = images.to(self.device, memory_format=self.memory_format)
+        labels = labels.to(self.device)
+        autocast = (
+            torch.autocast(
+                self.device.type, dtype=torch.bfloat16 if tc.autocast == "bf16" else torch.float16
+            )
+            if tc.autocast != "none"
+            else nullcontext()
+        )
+        with autocast:
+            embeddings = self.model.forward_unnormalized(images)
+        loss = self.head(embeddings.float(), labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {self.step}; lower train.lr"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self.scheduler.step_update(self.step)
+        return loss.item()
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics of the current model on the evaluation set (empty if none)."""
+        if self.eval_data is None:
+            return {}
+        ec = self.config.eval
+        metrics = evaluate_model(
+            self.model,
+            self.eval_data,
+            batch_size=ec.batch_size,
+            target_far=ec.target_far,
+            device=str(self.device),
+        )
+        self.model.train()
+        return metrics
+
+    def fit(self) -> TrainResult:
+        """Train to ``total_steps``, evaluating, checkpointing and keeping the best artifact."""
+        tc = self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(
+            yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
+        previous_precision = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(tc.matmul_precision)
+        writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        log = open(self.run_dir / "log.jsonl", "a", encoding="utf-8")
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=tc.name,
+            disable=not tc.progress,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        try:
+            while self.step < self.total_steps:
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                self.sampler.set_epoch(epoch, start)
+                tick = time.perf_counter()
+                for images, labels in self.loader:
+                    loss = self.train_step(images, labels)
+                    now = time.perf_counter()
+                    throughput = images.shape[0] / max(now - tick, 1e-9)
+                    tick = now
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{throughput:.1f}")
+                    if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                        record = {
+                            "step": self.step,
+                            "loss": loss,
+                            "lr": lr,
+                            "img_per_s": throughput,
+                        }
+                        for key in ("loss", "lr", "img_per_s"):
+                            writer.add_scalar(f"train/{key}", record[key], self.step)
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                    if self.config.eval.every and self.step % self.config.eval.every == 0:
+                        self._evaluate_and_keep(writer, log)
+                    if self.step % tc.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if self.step >= self.total_steps:
+                        break
+            final = self._evaluate_and_keep(writer, log)
+            self.save_checkpoint()
+            save_artifact(self.model, self.run_dir / "last", metadata=self._metadata(final))
+        finally:
+            bar.close()
+            writer.close()
+            log.close()
+            torch.set_float32_matmul_precision(previous_precision)
+        return TrainResult(self.run_dir, self.step, self.best, final, self.history)
+
+    def _evaluate_and_keep(self, writer: SummaryWriter, log) -> dict[str, float]:
+        metrics = self.evaluate()
+        record = {"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}}
+        self.history.append(record)
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        for key, value in metrics.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                writer.add_scalar(f"eval/{key}", value, self.step)
+        score = metrics.get(SELECTION_METRIC, -math.inf) if metrics else self.step
+        if not self.best or score >= self.best.get(SELECTION_METRIC, -math.inf):
+            self.best = {**metrics, "step": self.step}
+            save_artifact(self.model, self.run_dir / "best", metadata=self._metadata(metrics))
+        return metrics
+
+    def _metadata(self, metrics: dict[str, float]) -> dict[str, Any]:
+        return {
+            "run": str(self.run_dir),
+            "step": self.step,
+            "train_classes": len(self.train_base.class_names),
+            "eval": metrics,
+            "threshold": metrics.get("threshold"),
+        }
+
+
+def _single_thread_worker(_: int) -> None:
+    # Data workers share the cores with the training step; intra-op threads in every worker
+    # oversubscribe the CPU and slow both down.
+    torch.set_num_threads(1)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
