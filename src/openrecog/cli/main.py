@@ -264,7 +264,7 @@ def models() -> None:
 @user_errors
 def demo(
     output: Annotated[Path, typer.Option(help="working folder")] = Path("demo_out"),
-    steps: Annotated[int, typer.Option(min=1, help="fine-tuning steps")] = 300,
+    steps: Annotated[int, typer.Option(min=1, help="fine-tuning steps")] = 200,
     shared_data: Annotated[Path, typer.Option(help="folder with real benchmark sets")] = Path(
         "../shared/data"
     ),
