@@ -483,3 +483,14 @@ def test_metrics_to_json_nan_to_null(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"a": None, "b": 0.25, "c": 3, "d": [None, 1.0]}
+
+
+def test_equal_error_rate_hand_case() -> None:
+    from openrecog.eval.metrics import equal_error_rate
+
+    # Accept at t=0.6: impostors >= 0.6 -> 1 of 4 (FAR .25); genuines < 0.6 -> 1 of 4 (FRR .25).
+    eer, thr = equal_error_rate([0.5, 0.6, 0.8, 0.9], [0.1, 0.2, 0.3, 0.7])
+    assert thr == 0.6
+    assert eer == 0.25
+    assert equal_error_rate([0.9, 0.95], [0.1, 0.2])[0] == 0.0
+    assert all(np.isnan(equal_error_rate([], [0.1])))

@@ -471,9 +471,37 @@ def verification_from_scores(
         out[_fpr_key("tpr", fpr)] = tpr
         out[_fpr_key("thr", fpr)] = thr
     out["auroc"] = auroc_from_scores(gen, imp)
+    out["eer"], out["thr@eer"] = equal_error_rate(gen_sorted, imp_sorted)
     out["num_genuine"] = int(gen.size)
     out["num_impostor"] = int(imp.size)
     return out
+
+
+def equal_error_rate(genuine_scores: ArrayLike, impostor_scores: ArrayLike) -> tuple[float, float]:
+    """Equal error rate and its threshold: where false accepts and false rejects balance.
+
+    Accepting means ``score >= t``: ``FAR(t)`` = fraction of impostor scores ``>= t`` and
+    ``FRR(t)`` = fraction of genuine scores ``< t``. Candidate thresholds are every genuine
+    and impostor score; the one minimising ``|FAR - FRR|`` is returned with
+    ``EER = (FAR + FRR) / 2``. ``(nan, nan)`` if either set is empty.
+
+    Args:
+        genuine_scores: 1-D scores of same-identity pairs.
+        impostor_scores: 1-D scores of different-identity pairs.
+
+    Returns:
+        ``(eer, threshold)``.
+
+    """
+    gen = np.sort(np.asarray(genuine_scores, dtype=np.float64))
+    imp = np.sort(np.asarray(impostor_scores, dtype=np.float64))
+    if not gen.size or not imp.size:
+        return math.nan, math.nan
+    candidates = np.unique(np.concatenate([gen, imp]))
+    far = 1.0 - np.searchsorted(imp, candidates, side="left") / imp.size
+    frr = np.searchsorted(gen, candidates, side="left") / gen.size
+    best = int(np.argmin(np.abs(far - frr)))
+    return float((far[best] + frr[best]) / 2), float(candidates[best])
 
 
 def verification_metrics(

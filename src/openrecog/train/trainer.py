@@ -120,7 +120,9 @@ class Trainer:
             batch_sampler=self.sampler,
             num_workers=config.data.num_workers,
             worker_init_fn=_single_thread_worker,
-            persistent_workers=False,
+            # The batch sampler runs in this process, so set_epoch() reaches it even though
+            # workers persist; restarting workers each (short) epoch costs seconds.
+            persistent_workers=config.data.num_workers > 0,
         )
         lc = config.loss
         self.head = build_head(
@@ -159,6 +161,7 @@ class Trainer:
         self.step = 0
         self.best: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
+        self._last_eval: tuple[int, dict[str, float]] = (-1, {})
         if resume:
             self._resume(resume)
 
@@ -308,8 +311,14 @@ class Trainer:
                         self.save_checkpoint()
                     if self.step >= self.total_steps:
                         break
-            final = self._evaluate_and_keep(writer, log)
-            self.save_checkpoint()
+            # The loop may just have evaluated/checkpointed this very step: don't repeat it.
+            final = (
+                self._last_eval[1]
+                if self._last_eval[0] == self.step
+                else self._evaluate_and_keep(writer, log)
+            )
+            if self.step % tc.checkpoint_every:
+                self.save_checkpoint()
             save_artifact(self.model, self.run_dir / "last", metadata=self._metadata(final))
         finally:
             bar.close()
@@ -320,6 +329,7 @@ class Trainer:
 
     def _evaluate_and_keep(self, writer: SummaryWriter, log) -> dict[str, float]:
         metrics = self.evaluate()
+        self._last_eval = (self.step, metrics)
         record = {"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}}
         self.history.append(record)
         log.write(json.dumps(record) + "\n")
