@@ -20,8 +20,9 @@ from openrecog.data.datasets import SkippedFile
 from openrecog.data.images import ImageInput, ImageLoadError, list_image_files, load_image
 from openrecog.index import create_index
 from openrecog.models import Embedder, load_artifact, save_artifact
-from openrecog.models.artifact import recover_dir, replace_dir, sha256_file
+from openrecog.models.artifact import CONFIG_FILE, WEIGHTS_FILE, read_artifact_config
 from openrecog.models.encoder import ImageEncoder
+from openrecog.storage import read_json, recover_dir, replace_dir, sha256_file
 
 UNKNOWN = "unknown"
 GALLERY_FORMAT = "openrecog-gallery"
@@ -309,21 +310,16 @@ class Gallery:
     def _write_model(self, target: Path, existing: Path) -> None:
         # Reuse (hard-link) the model files of the previous save when the model is the same:
         # saves stay cheap while each saved gallery remains self-contained.
-        digest = getattr(self.model, "_artifact_sha256", None)
-        old_config = existing / "config.json"
-        if digest and old_config.is_file():
-            try:
-                if json.loads(old_config.read_text()).get("weights_sha256") == digest:
-                    target.mkdir()
-                    for name in ("config.json", "weights.safetensors"):
-                        os.link(existing / name, target / name)
-                    return
-            except (OSError, json.JSONDecodeError):
-                shutil.rmtree(target, ignore_errors=True)
+        digest = getattr(self.model, "artifact_sha256", None)
+        try:
+            if digest and read_artifact_config(existing).get("weights_sha256") == digest:
+                target.mkdir()
+                for name in (CONFIG_FILE, WEIGHTS_FILE):
+                    os.link(existing / name, target / name)
+                return
+        except (OSError, ValueError):
+            shutil.rmtree(target, ignore_errors=True)
         save_artifact(self.model, target, metadata=getattr(self.model, "artifact_metadata", {}))
-        self.model._artifact_sha256 = json.loads((target / "config.json").read_text())[
-            "weights_sha256"
-        ]
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32) -> Gallery:
@@ -337,10 +333,7 @@ class Gallery:
         manifest_path = path / "gallery.json"
         if not manifest_path.is_file():
             raise GalleryError(f"{path}: not a gallery (no gallery.json)")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise GalleryError(f"{manifest_path}: not valid JSON ({exc})") from exc
+        manifest = read_json(manifest_path, GalleryError)
         if manifest.get("format") != GALLERY_FORMAT:
             raise GalleryError(f"{path}: not an {GALLERY_FORMAT} folder")
         for name, digest in manifest.get("sha256", {}).items():
@@ -348,9 +341,6 @@ class Gallery:
             if not file.is_file() or sha256_file(file) != digest:
                 raise GalleryError(f"{file}: missing or checksum mismatch (corrupted gallery)")
         model = load_artifact(path / "model")
-        model._artifact_sha256 = json.loads((path / "model" / "config.json").read_text())[
-            "weights_sha256"
-        ]
         gallery = cls(
             model,
             threshold=manifest["threshold"],
@@ -359,7 +349,7 @@ class Gallery:
             batch_size=batch_size,
         )
         arrays = load_file(str(path / "embeddings.safetensors"))
-        items = json.loads((path / "items.json").read_text(encoding="utf-8"))
+        items = read_json(path / "items.json", GalleryError)
         ids, vectors = arrays["ids"], arrays["embeddings"]
         if len(items) != len(ids) or vectors.shape != (len(ids), gallery.dim):
             raise GalleryError(f"{path}: items and embeddings disagree (corrupted gallery)")

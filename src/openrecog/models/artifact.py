@@ -6,9 +6,7 @@ SHA-256 of the weights file, which :func:`load_artifact` verifies before reading
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from openrecog.config import ModelConfig, format_validation_error
 from openrecog.models.embedder import Embedder, resolve_preprocessing
+from openrecog.storage import read_json, recover_dir, replace_dir, sha256_file
 
 ARTIFACT_FORMAT = "openrecog-model"
 ARTIFACT_VERSION = 1
@@ -28,15 +27,6 @@ WEIGHTS_FILE = "weights.safetensors"
 
 class ArtifactError(ValueError):
     """A model directory that is missing, incomplete, tampered with or of another format."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_artifact(path: str | Path) -> bool:
@@ -69,56 +59,11 @@ def save_artifact(
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
         replace_dir(tmp, path)
+        model.artifact_sha256 = config["weights_sha256"]
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the complete directory ``src`` to ``dst``, replacing ``dst`` near-atomically.
-
-    POSIX cannot rename over a non-empty directory, so the old one is first renamed aside;
-    a crash between the two renames leaves ``dst.old-*`` which :func:`recover_dir` restores.
-    """
-    for handle_path in src.rglob("*"):
-        if handle_path.is_file():
-            _fsync(handle_path)
-    if dst.exists():
-        aside = dst.with_name(f"{dst.name}.old-{os.getpid()}")
-        if aside.exists():
-            shutil.rmtree(aside)
-        os.rename(dst, aside)
-        os.rename(src, dst)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(src, dst)
-    _fsync_dir(dst.parent)
-
-
-def recover_dir(path: Path) -> None:
-    """Restore ``path`` from a leftover ``path.old-*`` if a replace was interrupted."""
-    if path.exists():
-        return
-    for aside in sorted(path.parent.glob(f"{path.name}.old-*")):
-        os.rename(aside, path)
-        return
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_artifact_config(path: str | Path) -> dict[str, Any]:
@@ -131,10 +76,7 @@ def read_artifact_config(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(
             f"{path}: not a model artifact (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
         )
-    try:
-        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path / CONFIG_FILE}: not valid JSON ({exc})") from exc
+    config = read_json(path / CONFIG_FILE, ArtifactError)
     if not isinstance(config, dict) or config.get("format") != ARTIFACT_FORMAT:
         raise ArtifactError(f"{path}: not an {ARTIFACT_FORMAT} artifact")
     if config.get("version", 0) > ARTIFACT_VERSION:
@@ -151,7 +93,8 @@ def load_artifact(path: str | Path, verify: bool = True) -> Embedder:
     path = Path(path)
     config = read_artifact_config(path)
     weights = path / WEIGHTS_FILE
-    if verify and sha256_file(weights) != config.get("weights_sha256"):
+    digest = config.get("weights_sha256")
+    if verify and sha256_file(weights) != digest:
         raise ArtifactError(f"{weights}: checksum mismatch (file changed or corrupted)")
     try:
         model_config = ModelConfig.model_validate(config["model"])
@@ -164,4 +107,5 @@ def load_artifact(path: str | Path, verify: bool = True) -> Embedder:
     except Exception as exc:  # safetensors and torch raise several types for bad files
         raise ArtifactError(f"{weights}: weights do not fit the model ({exc})") from exc
     model.artifact_metadata = config.get("metadata", {})
+    model.artifact_sha256 = digest
     return model.eval()
