@@ -75,3 +75,17 @@ def test_eval_command_writes_json(model_dir, pattern_folder, tmp_path) -> None:
 def test_models_lists_registry() -> None:
     result = invoke("models")
     assert result.exit_code == 0 and "lite0_squeeze" in result.output
+
+
+def test_train_module_entry_point(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "openrecog.train", "train.epochz=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "train.epochz: unknown key" in result.stderr
