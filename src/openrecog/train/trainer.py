@@ -107,13 +107,12 @@ class Trainer:
         transform = build_train_transform(
             pre["image_size"], pre["mean"], pre["std"], config.data.augment
         )
-        m = (
-            config.data.views_per_instance
-            if config.data.instance_as_class
-            else (config.data.images_per_class)
-        )
+        # Instance-as-class: each "class" is one image, shown as K augmented views per batch.
+        per_class = config.data.images_per_class
+        if config.data.instance_as_class:
+            per_class = config.data.views_per_instance
         self.sampler = ClassBalancedBatchSampler(
-            self.train_base.labels, tc.batch_size, m, seed=tc.seed
+            self.train_base.labels, tc.batch_size, per_class, seed=tc.seed
         )
         self.loader = DataLoader(
             AugmentedDataset(self.train_base, transform),
