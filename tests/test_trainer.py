@@ -103,3 +103,17 @@ def test_training_options_run(pattern_folder, tmp_path, options) -> None:
     before = torch.get_float32_matmul_precision()
     assert Trainer(cfg).fit().steps == 2
     assert torch.get_float32_matmul_precision() == before  # global setting restored
+
+
+def test_instance_as_class_trains_one_class_per_image(pattern_folder, tmp_path) -> None:
+    cfg = tiny_config(
+        pattern_folder,
+        tmp_path,
+        **{"data.instance_as_class": True, "data.views_per_instance": 4, "train.max_steps": 2},
+    )
+    trainer = Trainer(cfg)
+    assert trainer.head.num_local == 24  # 6 classes x 4 images, each its own class
+    batch = next(iter(trainer.sampler))
+    assert len(batch) == 8 and len({i for i, _ in batch}) == 2  # 2 images x 4 views
+    assert len({s for _, s in batch}) == 8  # every view its own augmentation seed
+    assert trainer.fit().steps == 2
