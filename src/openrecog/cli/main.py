@@ -83,7 +83,7 @@ def train(
 _COLUMNS = ["model", "p@1", "map@5", "mp@5", "recall@5", "tpr@fpr=1e-03", "tpr@fpr=1e-04", "auroc"]
 
 
-def _dataset_from_path(data: Path, split: str, image_size: int):
+def _dataset_from_path(data: Path, split: str):
     from openrecog.data.datasets import csv_dataset, folder_dataset
 
     if (data / "labels.csv").is_file() or data.suffix == ".csv":
@@ -107,7 +107,7 @@ def evaluate(
     from openrecog.models import load_model
 
     embedder = load_model(model)
-    dataset = _dataset_from_path(data, split, embedder.config.image_size)
+    dataset = _dataset_from_path(data, split)
     if dataset.skipped:
         typer.echo(f"skipped {len(dataset.skipped)} unreadable files", err=True)
     metrics = evaluate_model(

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from openrecog.data.images import check_image, list_image_files, load_image
+from openrecog.data.images import check_image, is_image_file, list_image_files, load_image
 
 
 class DatasetError(ValueError):
@@ -104,11 +104,14 @@ def _build(items: list[tuple[Path, str]], check: bool, where: str) -> ImageListD
     )
 
 
-def folder_dataset(root: str | Path, check: bool = True) -> ImageListDataset:
-    """Class-per-folder dataset: ``root/<class>/**/<image>``.
+def labelled_image_files(root: str | Path) -> list[tuple[Path, str]]:
+    """``(path, label)`` for ``root/<class>/**/<image>`` and ``root/<image>`` (label = stem).
 
     Files directly in ``root`` are classes of their own, named by file stem (the DocClassifier
-    "one file per class" layout). Unreadable files are skipped and listed in ``skipped``.
+    "one file per class" layout). Hidden files and folders are ignored.
+
+    Raises:
+        DatasetError: ``root`` is missing or holds no image files.
     """
     root = Path(root)
     if not root.is_dir():
@@ -119,11 +122,19 @@ def folder_dataset(root: str | Path, check: bool = True) -> ImageListDataset:
             continue
         if entry.is_dir():
             items.extend((p, entry.name) for p in list_image_files(entry))
-        elif entry.is_file() and entry in list_image_files(root, recursive=False):
+        elif entry.is_file() and is_image_file(entry):
             items.append((entry, entry.stem))
     if not items:
         raise DatasetError(f"{root}: no image files found (expected <class>/<image> or <image>)")
-    return _build(items, check, str(root))
+    return items
+
+
+def folder_dataset(root: str | Path, check: bool = True) -> ImageListDataset:
+    """Class-per-folder dataset (layout of :func:`labelled_image_files`).
+
+    Unreadable files are skipped and listed in ``skipped``.
+    """
+    return _build(labelled_image_files(root), check, str(root))
 
 
 def csv_dataset(root: str | Path, split: str | None = None, check: bool = True) -> ImageListDataset:

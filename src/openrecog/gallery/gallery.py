@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from openrecog.data.datasets import SkippedFile
-from openrecog.data.images import ImageInput, ImageLoadError, list_image_files, load_image
+from openrecog.data.datasets import DatasetError, SkippedFile, labelled_image_files
+from openrecog.data.images import ImageInput, ImageLoadError, load_image
 from openrecog.index import create_index
 from openrecog.models import Embedder, load_artifact, save_artifact
 from openrecog.models.artifact import CONFIG_FILE, WEIGHTS_FILE, read_artifact_config
@@ -148,7 +148,7 @@ class Gallery:
             GalleryError: the label is invalid.
         """
         label = validate_label(label)
-        vector = self.encoder.encode([load_image(image)])
+        vector = self.encoder.encode([image])
         name = (
             source if source is not None else (str(image) if isinstance(image, str | Path) else "")
         )
@@ -184,25 +184,12 @@ class Gallery:
         Raises:
             GalleryError: the folder does not exist or holds no image files.
         """
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise GalleryError(f"{folder}: folder not found")
-        paths: list[Path] = []
-        labels: list[str] = []
-        for entry in sorted(folder.iterdir()):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                files = list_image_files(entry)
-                paths += files
-                labels += [entry.name] * len(files)
-        for path in list_image_files(folder, recursive=False):
-            paths.append(path)
-            labels.append(path.stem)
-        if not paths:
-            raise GalleryError(
-                f"{folder}: no image files found (expected <class>/<image> or <image>)"
-            )
+        try:
+            items = labelled_image_files(folder)
+        except DatasetError as exc:
+            raise GalleryError(str(exc)) from exc
+        paths = [path for path, _ in items]
+        labels = [label for _, label in items]
         return self.register_many(paths, labels, progress=progress)
 
     def remove(self, item_id: int) -> None:
