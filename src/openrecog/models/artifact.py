@@ -2,6 +2,9 @@
 
 ``config.json`` carries the model configuration, the preprocessing (size, mean, std) and a
 SHA-256 of the weights file, which :func:`load_artifact` verifies before reading any tensor.
+``weights_dtype`` says how the weights are stored (``float32``, ``float16`` or weight-only
+``int8``, see :mod:`openrecog.models.compression`); an artifact without it is float32. Loading
+always gives a float32 model.
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from openrecog.config import ModelConfig, format_validation_error
+from openrecog.models.compression import (
+    WEIGHTS_DTYPES,
+    check_weights_dtype,
+    dequantize_state_dict,
+    quantize_state_dict,
+)
 from openrecog.models.embedder import Embedder, resolve_preprocessing
 from openrecog.storage import read_json, recover_dir, replace_dir, sha256_file
 
@@ -36,17 +45,32 @@ def is_artifact(path: str | Path) -> bool:
 
 
 def save_artifact(
-    model: Embedder, path: str | Path, metadata: dict[str, Any] | None = None
+    model: Embedder,
+    path: str | Path,
+    metadata: dict[str, Any] | None = None,
+    weights_dtype: str = "float32",
 ) -> Path:
     """Write ``model`` to the directory ``path`` atomically (temp dir, then rename).
 
     An existing artifact at ``path`` is replaced only once the new one is complete.
+
+    Args:
+        model: the embedder to save (its weights are left untouched).
+        path: artifact directory.
+        metadata: free JSON-able data stored in ``config.json`` (e.g. a threshold).
+        weights_dtype: ``float32`` (lossless, default), ``float16`` (about half the size) or
+            ``int8`` (weight-only per-channel int8, about a quarter); see
+            :mod:`openrecog.models.compression`.
+
+    Raises:
+        ValueError: ``weights_dtype`` is not one of the allowed values.
     """
+    check_weights_dtype(weights_dtype)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        state = quantize_state_dict(model.state_dict(), weights_dtype)
         save_file(state, str(tmp / WEIGHTS_FILE))
         config = {
             "format": ARTIFACT_FORMAT,
@@ -55,11 +79,15 @@ def save_artifact(
             "preprocessing": resolve_preprocessing(model.config),
             "embedding_dim": model.embedding_dim,
             "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
+            "weights_dtype": weights_dtype,
             "metadata": metadata or {},
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
         replace_dir(tmp, path)
-        model.artifact_sha256 = config["weights_sha256"]
+        if weights_dtype == "float32":
+            # Only a lossless save makes the in-memory model *equal* to the artifact; after a
+            # lossy one the model keeps pointing at the artifact it really matches (if any).
+            model.artifact_sha256 = config["weights_sha256"]
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -87,11 +115,19 @@ def read_artifact_config(path: str | Path) -> dict[str, Any]:
 def load_artifact(path: str | Path, verify: bool = True) -> Embedder:
     """Load an :class:`Embedder` from an artifact directory.
 
+    float16 / int8 weights are converted back to float32; the model always runs in float32.
+
     Raises:
         ArtifactError: missing files, bad JSON, checksum mismatch or weights that do not fit.
     """
     path = Path(path)
     config = read_artifact_config(path)
+    weights_dtype = config.get("weights_dtype", "float32")
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ArtifactError(
+            f"{path / CONFIG_FILE}: unknown weights_dtype {weights_dtype!r} "
+            f"(supported: {', '.join(WEIGHTS_DTYPES)}; written by a newer openrecog?)"
+        )
     weights = path / WEIGHTS_FILE
     digest = config.get("weights_sha256")
     if verify and sha256_file(weights) != digest:
@@ -103,9 +139,10 @@ def load_artifact(path: str | Path, verify: bool = True) -> Embedder:
         raise ArtifactError(f"{path / CONFIG_FILE}: bad model section ({detail})") from exc
     model = Embedder(model_config, load_pretrained=False)
     try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
+        model.load_state_dict(dequantize_state_dict(load_file(str(weights))), strict=True)
     except Exception as exc:  # safetensors and torch raise several types for bad files
         raise ArtifactError(f"{weights}: weights do not fit the model ({exc})") from exc
     model.artifact_metadata = config.get("metadata", {})
     model.artifact_sha256 = digest
+    model.artifact_weights_dtype = weights_dtype
     return model.eval()
