@@ -114,3 +114,46 @@ def test_local_checkpoint_path(tmp_path) -> None:
     torch.testing.assert_close(model.backbone.conv_stem.weight, source.backbone.conv_stem.weight)
     with pytest.raises(FileNotFoundError):
         Embedder(ModelConfig(**{**TINY, "checkpoint": str(tmp_path / "missing.pth")}))
+
+
+def test_pca_model_reduces_dimension_and_round_trips(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from openrecog.data.datasets import ImageListDataset
+    from openrecog.models import load_artifact, save_artifact
+    from openrecog.models.pca import fit_pca_model
+
+    base = create_model(
+        ModelConfig(backbone="lcnet_050", pretrained=False, image_size=64, embedding_dim=32)
+    ).eval()
+    paths = []
+    for i in range(40):
+        path = tmp_path / f"{i}.png"
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    data = ImageListDataset(paths, list(range(40)), [str(i) for i in range(40)])
+    reduced, stats = fit_pca_model(base, data, 8)
+    assert reduced.embedding_dim == 8 and reduced.config.pca_dim == 8
+    assert 0.0 < stats["explained_variance"] <= 1.0
+    x = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        full, small = base(x), reduced(x)
+        expected = torch.nn.functional.normalize(
+            (full - reduced.pca.mean) @ reduced.pca.components.T, dim=-1
+        )
+    torch.testing.assert_close(small, expected, rtol=1e-4, atol=1e-5)
+    comps = reduced.pca.components
+    torch.testing.assert_close(comps @ comps.T, torch.eye(8), rtol=0, atol=1e-4)
+    loaded = load_artifact(save_artifact(reduced, tmp_path / "pca"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small)
+    with pytest.raises(ValueError, match="already ends in a PCA"):
+        fit_pca_model(reduced, data, 4)
+    with pytest.raises(ValueError, match="pca_dim must be between"):
+        create_model(
+            ModelConfig(
+                backbone="lcnet_050", pretrained=False, image_size=64, embedding_dim=32, pca_dim=32
+            )
+        )

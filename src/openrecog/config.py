@@ -27,9 +27,20 @@ class ModelConfig(_Strict):
     backbone: str = "tf_efficientnet_lite0"
     pretrained: bool = Field(True, description="offline ImageNet weights where available")
     checkpoint: str | None = Field(None, description="local backbone weights (.safetensors/.pth)")
+    init_from: str | None = Field(
+        None,
+        description="start from a trained model (artifact path or shipped name, e.g. default); "
+        "its architecture is used and fields set here must agree with it",
+    )
     neck: Literal["flatten", "gap", "squeeze"] = "squeeze"
     norm: Literal["none", "bn", "ln", "ln_bn"] = "ln_bn"
+    squeeze_channels: int | None = Field(
+        None, ge=1, description="channels after the squeeze neck's 1x1 conv (None: C/4)"
+    )
     embedding_dim: int | None = Field(256, description="None only with neck=gap: raw features")
+    pca_dim: int | None = Field(
+        None, ge=2, description="reduce the embedding to this size by a fitted PCA (GUIE)"
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     image_size: int = Field(224, ge=32, le=1024)
     mean: tuple[float, float, float] | None = None
@@ -73,6 +84,11 @@ class DataConfig(_Strict):
     synthetic_classes: int = Field(2000, ge=2)
     synthetic_images_per_class: int = Field(1, ge=1)
     synthetic_seed: int = 0
+    extra_folders: list[str] = Field(
+        default_factory=list,
+        description="image folders (searched recursively) added to the training data with "
+        "every image its own class, shown as views_per_instance views",
+    )
     num_workers: int = Field(0, ge=0)
     augment: AugmentConfig = AugmentConfig()
 
@@ -90,6 +106,23 @@ class LossConfig(_Strict):
     sample_rate: float = Field(1.0, gt=0.0, le=1.0, description="PartialFC negative sampling")
 
 
+class DistillConfig(_Strict):
+    """Feature distillation from a frozen teacher (DocClassifier's CLIP-feature recipe).
+
+    The student's embedding goes through a trained linear projection to the teacher's
+    feature size and is pulled towards the teacher's feature of the same augmented view.
+    """
+
+    teacher: str | None = Field(
+        None, description="teacher model: registered config (lite2_gap_imagenet), artifact path"
+    )
+    kind: Literal["cosine", "mse"] = "cosine"
+    weight: float = Field(1.0, ge=0.0)
+    image_size: int | None = Field(
+        None, ge=32, le=1024, description="teacher input size (None: the student's views as is)"
+    )
+
+
 class TrainConfig(_Strict):
     """Optimisation, precision, checkpointing and logging."""
 
@@ -105,6 +138,9 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.05, ge=0.0)
     momentum: float = 0.9
     warmup_steps: int = Field(0, ge=0)
+    freeze_backbone_steps: int = Field(
+        0, ge=0, description="train only neck and head for the first N steps (LP-FT)"
+    )
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
     grad_clip: float | None = Field(5.0, gt=0.0)
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
@@ -138,6 +174,7 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     loss: LossConfig = LossConfig()
+    distill: DistillConfig = DistillConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 

@@ -5,6 +5,7 @@ from openrecog.models.embedder import Embedder, resolve_preprocessing
 from openrecog.models.necks import NECKS, NORMS, Neck, create_norm
 from openrecog.models.registry import (
     create_model,
+    create_model_from_trained,
     get_model_config,
     list_models,
     list_shipped_models,
@@ -19,6 +20,7 @@ __all__ = [
     "Embedder",
     "Neck",
     "create_model",
+    "create_model_from_trained",
     "create_norm",
     "get_model_config",
     "list_models",

@@ -9,6 +9,7 @@ from torch import nn
 
 from openrecog.config import ModelConfig
 from openrecog.models.necks import Neck
+from openrecog.models.pca import PCAProjection
 from openrecog.models.pretrained import has_offline_weights, load_offline_pretrained
 from openrecog.models.weights import load_backbone_checkpoint
 
@@ -48,8 +49,12 @@ class Embedder(nn.Module):
             config.embedding_dim,
             norm=config.norm,
             dropout=config.dropout,
+            squeeze_channels=config.squeeze_channels,
         )
-        self.embedding_dim = self.neck.out_dim
+        self.pca: PCAProjection | None = None
+        if config.pca_dim is not None:
+            self.pca = PCAProjection(self.neck.out_dim, config.pca_dim)
+        self.embedding_dim = self.pca.out_dim if self.pca is not None else self.neck.out_dim
 
     @torch.no_grad()
     def _probe_features(self, image_size: int) -> tuple[int, tuple[int, int]]:
@@ -66,7 +71,12 @@ class Embedder(nn.Module):
 
     def forward_unnormalized(self, images: torch.Tensor) -> torch.Tensor:
         """Embedding before L2 normalisation (what margin heads normalise themselves)."""
-        return self.neck(self.forward_features(images))
+        return self.forward_head(self.forward_features(images))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Feature map → unnormalised embedding (neck, then PCA if the model has one)."""
+        embeddings = self.neck(features)
+        return self.pca(embeddings) if self.pca is not None else embeddings
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised float32 embeddings ``(B, embedding_dim)``."""

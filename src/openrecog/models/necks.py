@@ -50,6 +50,7 @@ class Neck(nn.Module):
         dim: int | None,
         norm: str = "ln_bn",
         dropout: float = 0.0,
+        squeeze_channels: int | None = None,
     ) -> None:
         super().__init__()
         if kind not in NECKS:
@@ -63,7 +64,9 @@ class Neck(nn.Module):
             self.reduce = nn.Flatten()
             flat = in_channels * h * w
         else:
-            squeezed = max(1, in_channels // 4)
+            # DocClassifier squeezes to C/4; fewer channels shrink the Linear after the
+            # flatten, which dominates the model size at 224 px (C/4 x 7 x 7 x dim weights).
+            squeezed = squeeze_channels or max(1, in_channels // 4)
             self.reduce = nn.Sequential(
                 nn.Conv2d(in_channels, squeezed, kernel_size=1, bias=False),
                 nn.BatchNorm2d(squeezed),

@@ -88,6 +88,41 @@ def load_model(name_or_path: str | Path) -> Embedder:
     )
 
 
+# Fields that may differ from the model a run starts from: they do not change the weights.
+_INIT_FROM_FREE_FIELDS = frozenset({"init_from", "dropout", "pretrained", "checkpoint"})
+
+
+def create_model_from_trained(config: ModelConfig) -> Embedder:
+    """A trainable copy of the model ``config.init_from`` (artifact path or shipped name).
+
+    The architecture comes from that model; fields set explicitly in ``config`` must agree
+    with it (``dropout`` may change). The returned model's ``config`` is the merged one.
+
+    Raises:
+        ValueError: ``init_from`` is unset, unknown, or conflicts with fields set here.
+    """
+    if not config.init_from:
+        raise ValueError("model.init_from is not set")
+    source = load_model(config.init_from)
+    base = source.config.model_dump()
+    conflicts = [
+        f"model.{key}={getattr(config, key)!r} (it has {base[key]!r})"
+        for key in sorted(config.model_fields_set - _INIT_FROM_FREE_FIELDS)
+        if getattr(config, key) != base[key]
+    ]
+    if conflicts:
+        raise ValueError(
+            f"model.init_from={config.init_from!r} fixes the architecture; these differ: "
+            + ", ".join(conflicts)
+        )
+    merged = {**base, "init_from": config.init_from, "pretrained": False, "checkpoint": None}
+    if "dropout" in config.model_fields_set:
+        merged["dropout"] = config.dropout
+    model = Embedder(ModelConfig.model_validate(merged), load_pretrained=False)
+    model.load_state_dict(source.state_dict())
+    return model
+
+
 def _register_builtin() -> None:
     register_model_config(
         "lite0_squeeze",
