@@ -85,7 +85,8 @@ class ImageListDataset(Dataset):
         )
 
 
-def _build(items: list[tuple[Path, str]], check: bool, where: str) -> ImageListDataset:
+def dataset_from_items(items: list[tuple[Path, str]], check: bool, where: str) -> ImageListDataset:
+    """Dataset of ``(path, label)`` pairs; with ``check``, unreadable files are skipped."""
     skipped: list[SkippedFile] = []
     good: list[tuple[Path, str]] = []
     for path, label in items:
@@ -134,7 +135,7 @@ def folder_dataset(root: str | Path, check: bool = True) -> ImageListDataset:
 
     Unreadable files are skipped and listed in ``skipped``.
     """
-    return _build(labelled_image_files(root), check, str(root))
+    return dataset_from_items(labelled_image_files(root), check, str(root))
 
 
 def csv_dataset(root: str | Path, split: str | None = None, check: bool = True) -> ImageListDataset:
@@ -160,7 +161,55 @@ def csv_dataset(root: str | Path, split: str | None = None, check: bool = True) 
     if not rows:
         raise DatasetError(f"{csv_path}: no rows for split {split!r}")
     items = [(base / r["path"], r["label"]) for r in rows]
-    return _build(items, check, str(csv_path))
+    return dataset_from_items(items, check, str(csv_path))
+
+
+class ConcatClassDataset(Dataset):
+    """Several labelled datasets as one, with class indices offset so they never collide.
+
+    Items keep their source's ``get_view`` (fresh synthetic renders) where it has one.
+    """
+
+    def __init__(self, parts: list[Dataset]) -> None:
+        if not parts:
+            raise DatasetError("nothing to concatenate: no datasets given")
+        self.parts = parts
+        self.labels: list[int] = []
+        self.class_names: list[str] = []
+        self._starts: list[int] = []
+        for part in parts:
+            self._starts.append(len(self.labels))
+            offset = len(self.class_names)
+            self.labels.extend(offset + lab for lab in part.labels)  # type: ignore[attr-defined]
+            self.class_names.extend(part.class_names)  # type: ignore[attr-defined]
+        self._offsets = [0]
+        for part in parts[:-1]:
+            self._offsets.append(self._offsets[-1] + len(part.class_names))  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < len(self.labels):
+            raise IndexError(index)
+        part = next(i for i in range(len(self.parts) - 1, -1, -1) if self._starts[i] <= index)
+        return part, index - self._starts[part]
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        """Item ``index`` with its global label."""
+        part, local = self._locate(index)
+        image, label = self.parts[part][local]
+        return image, label + self._offsets[part]
+
+    def get_view(self, index: int, seed: int) -> tuple[Image.Image, int]:
+        """A view of item ``index``: a fresh render where the source can make one."""
+        part, local = self._locate(index)
+        source = self.parts[part]
+        if hasattr(source, "get_view"):
+            image, label = source.get_view(local, seed)
+        else:
+            image, label = source[local]
+        return image, label + self._offsets[part]
 
 
 class AugmentedDataset(Dataset):

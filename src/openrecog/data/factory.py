@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from openrecog.config import DataConfig, EvalConfig
-from openrecog.data.datasets import DatasetError, ImageListDataset, csv_dataset, folder_dataset
+from openrecog.data.datasets import (
+    ConcatClassDataset,
+    DatasetError,
+    ImageListDataset,
+    csv_dataset,
+    dataset_from_items,
+    folder_dataset,
+)
+from openrecog.data.images import list_image_files
 
 if TYPE_CHECKING:
     from openrecog.data.synthetic_views import SyntheticTemplateViews
@@ -13,8 +22,30 @@ if TYPE_CHECKING:
 
 def build_train_dataset(
     cfg: DataConfig, image_size: int
+) -> ImageListDataset | SyntheticTemplateViews | ConcatClassDataset:
+    """The training dataset of ``cfg`` (before augmentation), with ``extra_folders`` added."""
+    main = _build_main_train_dataset(cfg, image_size)
+    if not cfg.extra_folders:
+        return main
+    return ConcatClassDataset([main, *(instance_folder(f) for f in cfg.extra_folders)])
+
+
+def instance_folder(root: str) -> ImageListDataset:
+    """Every image under ``root`` (recursively) as its own class, named by relative path."""
+    folder = Path(root)
+    if not folder.is_dir():
+        raise DatasetError(f"{root}: extra training folder not found")
+    paths = list_image_files(folder)
+    if not paths:
+        raise DatasetError(f"{root}: no image files in extra training folder")
+    items = [(p, p.relative_to(folder).as_posix()) for p in paths]
+    # Paths are unique, so the class-per-label build gives each image its own class.
+    return dataset_from_items(items, check=True, where=root)
+
+
+def _build_main_train_dataset(
+    cfg: DataConfig, image_size: int
 ) -> ImageListDataset | SyntheticTemplateViews:
-    """The training dataset of ``cfg`` (before augmentation)."""
     if cfg.source == "synthetic":
         from openrecog.data.synthetic_views import SyntheticTemplateViews
 
