@@ -27,7 +27,13 @@ from openrecog.data.samplers import ClassBalancedBatchSampler
 from openrecog.data.transforms import build_train_transform
 from openrecog.eval.evaluate import evaluate_model
 from openrecog.losses import build_head
-from openrecog.models import Embedder, create_model, resolve_preprocessing, save_artifact
+from openrecog.models import (
+    Embedder,
+    create_model,
+    create_model_from_trained,
+    resolve_preprocessing,
+    save_artifact,
+)
 from openrecog.train.checkpoint import (
     capture_rng_state,
     list_checkpoints,
@@ -35,6 +41,7 @@ from openrecog.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from openrecog.train.distill import build_distillation, distillation_loss
 
 SELECTION_METRIC = "map@5"
 
@@ -90,7 +97,6 @@ class Trainer:
         run_dir: str | Path | None = None,
         resume: bool | str = False,
     ) -> None:
-        self.config = config
         tc = config.train
         self.run_dir = Path(run_dir or Path(tc.output_dir) / tc.name)
         self.device = resolve_device(tc.device)
@@ -98,7 +104,14 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         _seed_everything(tc.seed)
 
-        self.model: Embedder = create_model(config.model).to(self.device)
+        if config.model.init_from:
+            model = create_model_from_trained(config.model)
+            # Record the architecture actually trained, so artifacts and resume checks see it.
+            config = config.model_copy(update={"model": model.config})
+        else:
+            model = create_model(config.model)
+        self.config = config
+        self.model: Embedder = model.to(self.device)
         self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         pre = resolve_preprocessing(config.model)
@@ -137,10 +150,26 @@ class Trainer:
             easy_margin=lc.easy_margin,
             seed=tc.seed,
         ).to(self.device)
+        distill = build_distillation(
+            config.distill, self.model.embedding_dim, pre["mean"], pre["std"]
+        )
+        self.teacher = None
+        self.distill_proj: nn.Module | None = None
+        if distill is not None:
+            teacher, projection = distill
+            self.teacher = teacher.to(self.device, self.memory_format)
+            self.distill_proj = projection.to(self.device)
         head_lr = tc.head_lr or tc.lr
+        modules: dict[str, nn.Module] = {
+            "backbone": self.model.backbone,
+            "neck": self.model.neck,
+            "head": self.head,
+        }
+        if self.distill_proj is not None:
+            modules["distill"] = self.distill_proj
         groups = param_groups(
-            {"backbone": self.model.backbone, "neck": self.model.neck, "head": self.head},
-            {"backbone": tc.lr, "neck": head_lr, "head": head_lr},
+            modules,
+            {"backbone": tc.lr, **{k: head_lr for k in modules if k != "backbone"}},
             tc.weight_decay,
         )
         if tc.optimizer == "adamw":
@@ -158,6 +187,7 @@ class Trainer:
             t_in_epochs=False,
         )
         self.step = 0
+        self.last_losses: dict[str, float] = {}
         self.best: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
         self._last_eval: tuple[int, dict[str, float]] = (-1, {})
@@ -171,6 +201,7 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "head": self.head.state_dict(),
+            "distill": self.distill_proj.state_dict() if self.distill_proj is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": {
@@ -197,6 +228,10 @@ class Trainer:
             raise ValueError(f"{path}: checkpoint was made with a different model config")
         self.model.load_state_dict(state["model"])
         self.head.load_state_dict(state["head"])
+        if self.distill_proj is not None:
+            if state.get("distill") is None:
+                raise ValueError(f"{path}: checkpoint was made without distillation")
+            self.distill_proj.load_state_dict(state["distill"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -218,7 +253,10 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimisation step; returns the loss."""
         tc = self.config.train
+        frozen = self.step < tc.freeze_backbone_steps
         self.model.train()
+        # Linear probing first (GUIE's LP-FT): a frozen backbone keeps its BN statistics too.
+        self.model.backbone.train(not frozen)
         self.head.train()
         images = images.to(self.device, memory_format=self.memory_format)
         labels = labels.to(self.device)
@@ -230,8 +268,20 @@ class Trainer:
             else nullcontext()
         )
         with autocast:
-            embeddings = self.model.forward_unnormalized(images)
-        loss = self.head(embeddings.float(), labels)
+            with torch.no_grad() if frozen else nullcontext():
+                features = self.model.forward_features(images)
+            embeddings = self.model.forward_head(features).float()
+        margin_loss = self.head(embeddings, labels)
+        loss = margin_loss
+        self.last_losses = {"loss/margin": margin_loss.item()}
+        if self.teacher is not None and self.distill_proj is not None:
+            with autocast:
+                target = self.teacher(images)
+            distill = distillation_loss(
+                self.distill_proj(embeddings), target.float(), self.config.distill.kind
+            )
+            loss = loss + self.config.distill.weight * distill
+            self.last_losses["loss/distill"] = distill.item()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} at step {self.step}; lower train.lr"
@@ -299,9 +349,11 @@ class Trainer:
                             "loss": loss,
                             "lr": lr,
                             "img_per_s": throughput,
+                            **self.last_losses,
                         }
-                        for key in ("loss", "lr", "img_per_s"):
-                            writer.add_scalar(f"train/{key}", record[key], self.step)
+                        for key, value in record.items():
+                            if key != "step":
+                                writer.add_scalar(f"train/{key}", value, self.step)
                         log.write(json.dumps(record) + "\n")
                         log.flush()
                     if self.config.eval.every and self.step % self.config.eval.every == 0:

@@ -1,0 +1,150 @@
+"""Distillation, LP-FT, extra instance folders and init_from in the Trainer."""
+
+import json
+
+import pytest
+import torch
+
+from openrecog.config import DistillConfig, ModelConfig
+from openrecog.models import create_model, create_model_from_trained, save_artifact
+from openrecog.train import Trainer
+from openrecog.train.distill import FrozenTeacher, build_distillation, distillation_loss
+
+from .test_trainer import tiny_config
+
+
+def _log(run_dir):
+    return [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def _teacher_artifact(tmp_path):
+    teacher = create_model(
+        ModelConfig(backbone="lcnet_050", pretrained=False, image_size=64, embedding_dim=48)
+    )
+    return save_artifact(teacher.eval(), tmp_path / "teacher")
+
+
+def test_distillation_loss_values() -> None:
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    b = torch.tensor([[3.0, 0.0], [2.0, 0.0]])
+    # cos = 1 for the first pair, 0 for the second: mean(1 - cos) = 0.5
+    assert distillation_loss(a, b, "cosine").item() == pytest.approx(0.5)
+    # normalised: identical, then orthogonal unit vectors (squared distance 2)
+    assert distillation_loss(a, b, "mse").item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown distillation kind"):
+        distillation_loss(a, b, "kl")
+
+
+def test_teacher_sees_the_view_in_its_own_normalisation(tmp_path) -> None:
+    teacher_model = create_model(
+        ModelConfig(
+            backbone="lcnet_050",
+            pretrained=False,
+            image_size=64,
+            embedding_dim=16,
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+        )
+    ).eval()
+    teacher = FrozenTeacher(teacher_model, [0.5] * 3, [0.5] * 3, image_size=48)
+    raw = torch.rand(2, 3, 64, 64)
+    student_view = (raw - 0.5) / 0.5
+    expected = teacher_model.forward_unnormalized(
+        torch.nn.functional.interpolate(raw, size=(48, 48), mode="bilinear", antialias=True)
+    )
+    torch.testing.assert_close(teacher(student_view), expected, rtol=1e-4, atol=1e-4)
+    assert not any(p.requires_grad for p in teacher_model.parameters())
+
+
+def test_no_teacher_means_no_distillation() -> None:
+    assert build_distillation(DistillConfig(), 32, [0.5] * 3, [0.5] * 3) is None
+
+
+def test_distillation_trains_projection_and_resumes(pattern_folder, tmp_path) -> None:
+    teacher = _teacher_artifact(tmp_path)
+    cfg = tiny_config(
+        pattern_folder,
+        tmp_path,
+        **{"train.name": "kd", "distill.teacher": str(teacher), "distill.weight": 2.0},
+    )
+    trainer = Trainer(cfg)
+    assert trainer.distill_proj.weight.shape == (48, 32)
+    before = trainer.distill_proj.weight.detach().clone()
+    result = trainer.fit()
+    assert not torch.equal(before, trainer.distill_proj.weight)
+    steps = [r for r in _log(result.run_dir) if "loss/distill" in r]
+    assert len(steps) == 6
+    for record in steps:
+        expected = record["loss/margin"] + 2.0 * record["loss/distill"]
+        assert record["loss"] == pytest.approx(expected, rel=1e-5)
+    resumed = Trainer(
+        cfg,
+        run_dir=tmp_path / "kd2",
+        resume=str(result.run_dir / "checkpoints" / "step_00000003.pt"),
+    )
+    assert resumed.step == 3
+
+
+def test_frozen_backbone_steps_leave_backbone_untouched(pattern_folder, tmp_path) -> None:
+    cfg = tiny_config(
+        pattern_folder,
+        tmp_path,
+        **{"train.name": "lp", "train.freeze_backbone_steps": 3, "train.max_steps": 3},
+    )
+    trainer = Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    neck_before = trainer.model.neck.fc.weight.detach().clone()
+    trainer.fit()
+    for key, value in trainer.model.backbone.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    assert not torch.equal(neck_before, trainer.model.neck.fc.weight)
+    # After the frozen phase the backbone trains.
+    longer = cfg.model_copy(deep=True)
+    longer.train.max_steps = 5
+    trainer = Trainer(longer, resume=True)
+    trainer.fit()
+    changed = any(
+        not torch.equal(v, before[k]) for k, v in trainer.model.backbone.state_dict().items()
+    )
+    assert changed
+
+
+def test_extra_folders_add_one_class_per_image(pattern_folder, tmp_path) -> None:
+    extra = tmp_path / "extra"
+    (extra / "a").mkdir(parents=True)
+    for i, src in enumerate(sorted(pattern_folder.rglob("*.png"))[:5]):
+        (extra / "a" / f"img{i}.png").write_bytes(src.read_bytes())
+    cfg = tiny_config(
+        pattern_folder, tmp_path, **{"train.name": "mix", "data.extra_folders": [str(extra)]}
+    )
+    trainer = Trainer(cfg)
+    base_classes = len(trainer.train_base.parts[0].class_names)
+    assert len(trainer.train_base.class_names) == base_classes + 5
+    assert trainer.train_base.class_names[-1] == "a/img4.png"
+    image, label = trainer.train_base[len(trainer.train_base) - 1]
+    assert label == base_classes + 4
+    trainer.fit()
+
+
+def test_missing_extra_folder_is_clear(pattern_folder, tmp_path) -> None:
+    cfg = tiny_config(pattern_folder, tmp_path, **{"data.extra_folders": [str(tmp_path / "nope")]})
+    with pytest.raises(ValueError, match="extra training folder not found"):
+        Trainer(cfg)
+
+
+def test_init_from_copies_weights_and_architecture(pattern_folder, tmp_path) -> None:
+    source = _teacher_artifact(tmp_path)
+    cfg = tiny_config(pattern_folder, tmp_path, **{"train.name": "ft"})
+    cfg = cfg.model_copy(update={"model": ModelConfig(init_from=str(source))})
+    trainer = Trainer(cfg)
+    assert trainer.model.embedding_dim == 48
+    assert trainer.config.model.backbone == "lcnet_050"
+    reference = create_model_from_trained(ModelConfig(init_from=str(source)))
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[key], value)
+
+
+def test_init_from_conflict_is_clear(tmp_path) -> None:
+    source = _teacher_artifact(tmp_path)
+    with pytest.raises(ValueError, match="embedding_dim=32"):
+        create_model_from_trained(ModelConfig(init_from=str(source), embedding_dim=32))
