@@ -148,3 +148,24 @@ def test_init_from_conflict_is_clear(tmp_path) -> None:
     source = _teacher_artifact(tmp_path)
     with pytest.raises(ValueError, match="embedding_dim=32"):
         create_model_from_trained(ModelConfig(init_from=str(source), embedding_dim=32))
+
+
+def test_neck_init_from_pca_gives_orthogonal_projection(pattern_folder, tmp_path) -> None:
+    cfg = tiny_config(
+        pattern_folder,
+        tmp_path,
+        **{
+            "train.name": "pca",
+            "model.neck": "gap",
+            "model.embedding_dim": 16,
+            "train.neck_init_images": 20,
+        },
+    )
+    trainer = Trainer(cfg)
+    assert trainer.neck_init["images"] == 20
+    weight = trainer.model.neck.fc.weight.detach()
+    gram = weight @ weight.T
+    # Rows are principal axes scaled by one common factor: orthogonal, equal norms.
+    torch.testing.assert_close(gram / gram[0, 0], torch.eye(16), rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match="needs model.neck=gap"):
+        Trainer(tiny_config(pattern_folder, tmp_path, **{"train.neck_init_images": 20}))

@@ -138,6 +138,12 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.05, ge=0.0)
     momentum: float = 0.9
     warmup_steps: int = Field(0, ge=0)
+    neck_init_images: int = Field(
+        0,
+        ge=0,
+        description="gap neck only: start its Linear as the PCA of this many training images' "
+        "pooled backbone features (0: random init)",
+    )
     freeze_backbone_steps: int = Field(
         0, ge=0, description="train only neck and head for the first N steps (LP-FT)"
     )

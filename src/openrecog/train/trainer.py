@@ -187,6 +187,10 @@ class Trainer:
             t_in_epochs=False,
         )
         self.step = 0
+        if tc.neck_init_images and not resume and not config.model.init_from:
+            self.neck_init = init_neck_from_pca(
+                self.model, self.train_base, tc.neck_init_images, tc.batch_size
+            )
         self.last_losses: dict[str, float] = {}
         self.best: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
@@ -402,6 +406,62 @@ class Trainer:
             "eval": metrics,
             "threshold": metrics.get("threshold"),
         }
+
+
+@torch.no_grad()
+def init_neck_from_pca(
+    model: Embedder, dataset, num_images: int, batch_size: int = 32
+) -> dict[str, float]:
+    """Set a ``gap`` neck's Linear to the PCA of pooled backbone features of training images.
+
+    A random projection of ImageNet features throws away much of what makes them good for
+    retrieval, and a short CPU run cannot win it back; starting from the principal subspace
+    means the untrained model already retrieves about as well as the raw features.
+    Returns the fit statistics (images used, explained variance).
+    """
+    from torch.utils.data import Subset
+
+    from openrecog.models.encoder import ImageEncoder
+    from openrecog.models.pca import PCAProjection
+
+    neck = model.neck
+    if neck.kind != "gap" or not isinstance(neck.fc, nn.Linear):
+        raise ValueError("train.neck_init_images needs model.neck=gap with an embedding_dim")
+    if num_images <= neck.fc.out_features:
+        raise ValueError(
+            f"train.neck_init_images={num_images} must exceed model.embedding_dim="
+            f"{neck.fc.out_features} (PCA needs more images than components)"
+        )
+    step = max(1, len(dataset) // num_images)
+    subset = Subset(dataset, list(range(0, len(dataset), step))[:num_images])
+    was_training = model.training
+    feature_model = _PooledFeatures(model).eval()
+    device = str(next(model.parameters()).device)
+    features = ImageEncoder(feature_model, batch_size=batch_size, device=device).encode_dataset(
+        subset
+    )
+    model.train(was_training)
+    pca = PCAProjection(features.shape[1], neck.fc.out_features)
+    stats = pca.fit(features)
+    # fc(x) = W x + b on raw features; the PCA works on L2-normalised ones, so fold a
+    # typical feature norm into W to keep the same directions at the right scale.
+    norm = float(np.median(np.linalg.norm(features, axis=1)))
+    neck.fc.weight.copy_(pca.components / norm)
+    neck.fc.bias.copy_(-(pca.components @ pca.mean))
+    return {**stats, "images": float(len(features))}
+
+
+class _PooledFeatures(nn.Module):
+    """Backbone + global average pooling, shaped like an Embedder for the ImageEncoder."""
+
+    def __init__(self, model: Embedder) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.embedding_dim = model.neck.fc.in_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(images).mean(dim=(2, 3)).float()
 
 
 def _single_thread_worker(_: int) -> None:
