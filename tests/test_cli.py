@@ -89,3 +89,23 @@ def test_train_module_entry_point(tmp_path) -> None:
     )
     assert result.returncode == 2
     assert "train.epochz: unknown key" in result.stderr
+
+
+def test_pca_command_writes_a_smaller_model(pattern_folder, tmp_path) -> None:
+    from openrecog.models import load_model
+
+    source = save_artifact(
+        create_model("lite0_squeeze", pretrained=False, image_size=64, embedding_dim=32).eval(),
+        tmp_path / "base",
+    )
+    out = tmp_path / "pca"
+    result = invoke("pca", source, out, "--dim", "8", "--data", pattern_folder)
+    assert result.exit_code == 0, result.output
+    assert "32-d -> 8-d" in result.output
+    reduced = load_model(out)
+    assert reduced.embedding_dim == 8
+    assert reduced.artifact_metadata["pca_fit"]["fit_images"] == 24
+    again = invoke("pca", source, out, "--dim", "8", "--data", pattern_folder)
+    assert again.exit_code == 2 and "already exists" in again.output
+    neither = invoke("pca", source, tmp_path / "x")
+    assert neither.exit_code == 2 and "exactly one of" in neither.output

@@ -316,6 +316,54 @@ def export(
 
 @app.command()
 @user_errors
+def pca(
+    model: Annotated[str, typer.Argument(help="model artifact folder or shipped model")],
+    output: Annotated[Path, typer.Argument(help="artifact folder to write")],
+    dim: Annotated[int, typer.Option(min=2, help="target embedding size")] = 64,
+    config: Annotated[
+        Path | None, typer.Option(help="fit on the training data of this experiment config")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="or: fit on the images in this folder")] = None,
+    max_images: Annotated[int, typer.Option(min=1, help="fit on at most this many")] = 5000,
+    weights: Annotated[WeightsDtype, typer.Option(help="stored weights")] = WeightsDtype.float32,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing artifact")] = False,
+) -> None:
+    """Reduce a model's embedding to --dim by PCA fitted on training images (GUIE-style)."""
+    from torch.utils.data import Subset
+
+    from openrecog.config import load_config
+    from openrecog.data.factory import build_train_dataset, instance_folder
+    from openrecog.models import load_model, save_artifact
+    from openrecog.models.pca import fit_pca_model
+
+    if (config is None) == (data is None):
+        raise ValueError("give exactly one of --config (its training data) or --data FOLDER")
+    if output.exists() and not force:
+        raise FileExistsError(f"{output} already exists; pass --force to replace it")
+    embedder = load_model(model)
+    if config is not None:
+        dataset = build_train_dataset(load_config(config).data, embedder.config.image_size)
+    else:
+        dataset = instance_folder(str(data))
+    if len(dataset) > max_images:
+        # An even spread over the dataset, so mixed sources keep their proportions.
+        step = len(dataset) / max_images
+        dataset = Subset(dataset, [int(i * step) for i in range(max_images)])
+    reduced, stats = fit_pca_model(embedder, dataset, dim, progress=True)
+    metadata = {
+        **(getattr(embedder, "artifact_metadata", None) or {}),
+        "pca_from": model,
+        "pca_fit": {**stats, "source": str(config or data)},
+    }
+    save_artifact(reduced, output, metadata=metadata, weights_dtype=weights.value)
+    typer.echo(
+        f"{model} -> {output}: {embedder.embedding_dim}-d -> {dim}-d, explained variance "
+        f"{stats['explained_variance']:.3f} on {int(stats['fit_images'])} images"
+    )
+
+
+@app.command()
+@user_errors
 def demo(
     output: Annotated[Path, typer.Option(help="working folder")] = Path("demo_out"),
     steps: Annotated[int, typer.Option(min=1, help="fine-tuning steps")] = 200,
