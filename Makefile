@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean default-model quality
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Rebuild the shipped default model from scratch (about an hour on 2 CPU cores).
+default-model: $(STAMP)
+	$(PY) scripts/build_stamps.py
+	$(VENV)/bin/openrecog train configs/default.yaml
+	$(VENV)/bin/openrecog export runs/default/last src/openrecog/weights/default --weights int8 --force
+	$(VENV)/bin/openrecog pca runs/default/last src/openrecog/weights/default_64 --dim 64 \
+		--config configs/default.yaml --weights int8 --force
+
+# docs/benchmarks/quality.md: needs ../shared/data (about 45 min on 2 CPU cores).
+quality: $(STAMP)
+	$(PY) bench/quality.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
