@@ -1,11 +1,15 @@
 """Retrieval quality of models on the real class-disjoint test splits in ../shared/data.
 
 Usage:
-    python bench/quality.py [--models lite0_gap_imagenet lite2_gap_imagenet runs/x/best]
-                            [--datasets sroie caltech101 lfw] [--data ../shared/data]
+    python bench/quality.py                      # everything the issue asks for
+    python bench/quality.py --models default lite0_gap_imagenet --no-finetune --no-train
 
-Writes docs/benchmarks/quality.json and docs/benchmarks/quality.md. Each test image is queried
-against all other test images (leave-one-out); latency is measured on one CPU thread.
+Rows: the shipped default model (and its 64-d variant), the ImageNet-only GAP baselines,
+the default model fine-tuned on each set's train split (``configs/finetune.yaml``, the
+"user fine-tunes on their own data" path) and the DocClassifier-like LCNet-0.5 trained by
+the default recipe (``configs/default.yaml`` with LCNet-0.5 at 128 px). Each test image is
+queried against all other test images of its set (leave-one-out). Latency is the median
+forward time per image on one CPU thread, after warm-up. Writes docs/benchmarks/quality.{json,md}.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from pathlib import Path
 
 import torch
 
+from openrecog.config import load_config
 from openrecog.data.datasets import csv_dataset
 from openrecog.eval.evaluate import evaluate_model
 from openrecog.eval.table import format_table
-from openrecog.models import load_model
+from openrecog.models import Embedder, load_model
 from openrecog.models.artifact import WEIGHTS_FILE, is_artifact
+from openrecog.models.registry import SHIPPED_WEIGHTS_DIR
+from openrecog.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = ["default", "default_64", "lite0_gap_imagenet", "lite2_gap_imagenet"]
 COLUMNS = [
     "model",
     "data",
@@ -41,27 +49,43 @@ COLUMNS = [
     "size_mb",
     "ms_b1",
     "ms_b32",
+    "train_min",
 ]
 
 
-def model_size_mb(model, name: str) -> float:
-    """Size of the weights file if the model is an artifact, else fp32 parameter bytes."""
-    path = Path(name)
-    if is_artifact(path):
-        return (path / WEIGHTS_FILE).stat().st_size / 1e6
+def machine_name() -> str:
+    """CPU model, thread count and torch version, for the table caption."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return f"{cpu} ({platform.machine()}), {threads} CPU threads, torch {torch.__version__}"
+
+
+def model_size_mb(model: Embedder, name: str) -> float:
+    """Size of the weights file as stored (artifact), else fp32 parameter bytes."""
+    for path in (Path(name), SHIPPED_WEIGHTS_DIR / name):
+        if is_artifact(path):
+            return (path / WEIGHTS_FILE).stat().st_size / 1e6
     return sum(p.numel() * p.element_size() for p in model.state_dict().values()) / 1e6
 
 
 @torch.inference_mode()
-def latency_ms(model, batch: int, repeats: int = 10) -> float:
-    """Median forward time per image in ms on one CPU thread."""
+def latency_ms(model: Embedder, batch: int, repeats: int, warmup: int = 3) -> float:
+    """Median forward time per image in ms on one CPU thread, after ``warmup`` passes."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         size = model.config.image_size
         x = torch.randn(batch, 3, size, size)
         model.eval()
-        model(x)
+        for _ in range(warmup):
+            model(x)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -72,43 +96,147 @@ def latency_ms(model, batch: int, repeats: int = 10) -> float:
         torch.set_num_threads(threads)
 
 
+def measure(
+    label: str, model: Embedder, source: str, datasets: dict[str, Path], repeats: int
+) -> list[dict]:
+    """Rows of ``model`` on each dataset, with its size and latency."""
+    speed = {
+        "dim": model.embedding_dim,
+        "size_mb": model_size_mb(model, source),
+        "ms_b1": latency_ms(model, 1, repeats),
+        "ms_b32": latency_ms(model, 32, max(2, repeats // 5)),
+    }
+    rows = []
+    for data_name, root in datasets.items():
+        metrics = evaluate_model(model, csv_dataset(root, split="test"), batch_size=32)
+        rows.append({"model": label, "data": data_name, **metrics, **speed})
+        print(format_table([rows[-1]], columns=COLUMNS), flush=True)
+    return rows
+
+
+def train_run(config: Path, overrides: list[str]) -> tuple[Path, float]:
+    """Train like ``openrecog train CONFIG OVERRIDES``; returns the final artifact and minutes."""
+    print(f"openrecog train {config} {' '.join(overrides)}", flush=True)
+    start = time.perf_counter()
+    result = Trainer(load_config(config, overrides)).fit()
+    return result.run_dir / "last", (time.perf_counter() - start) / 60
+
+
 def main() -> None:
+    """Measure every row and write docs/benchmarks/quality.{json,md} after each one."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["lite0_gap_imagenet", "lite2_gap_imagenet"])
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--datasets", nargs="+", default=["sroie", "caltech101", "lfw"])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks")
-    parser.add_argument("--latency-repeats", type=int, default=10)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench")
+    parser.add_argument("--finetune", default="default", help="model fine-tuned per dataset")
+    parser.add_argument("--no-finetune", action="store_true")
+    parser.add_argument("--no-train", action="store_true", help="skip the DocClassifier row")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep rows already in quality.json, measure the rest"
+    )
+    parser.add_argument("--latency-repeats", type=int, default=20)
     args = parser.parse_args()
 
-    rows = []
-    for name in args.models:
-        model = load_model(name)
-        speed = {
-            "dim": model.embedding_dim,
-            "size_mb": model_size_mb(model, name),
-            "ms_b1": latency_ms(model, 1, args.latency_repeats),
-            "ms_b32": latency_ms(model, 32, max(2, args.latency_repeats // 5)),
-        }
-        for data_name in args.datasets:
-            dataset = csv_dataset(args.data / data_name, split="test")
-            metrics = evaluate_model(model, dataset, batch_size=32, progress=True)
-            rows.append({"model": name, "data": data_name, **metrics, **speed})
-            print(format_table([rows[-1]], columns=COLUMNS))
+    datasets = {name: args.data / name for name in args.datasets}
+    for name, root in datasets.items():
+        if not (root / "labels.csv").is_file():
+            parser.error(f"{name}: {root}/labels.csv not found (see ../shared/data/README.md)")
+    report = Report(args.output, machine_name())
+    if args.resume:
+        report.load()
 
-    machine = (
-        f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
-    )
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "quality.json").write_text(
-        json.dumps({"machine": machine, "rows": rows}, indent=2, default=float)
-    )
-    table = format_table(rows, columns=COLUMNS, title="Leave-one-out retrieval on test splits")
-    (args.output / "quality.md").write_text(
-        f"{table}\n\nMeasured with `python bench/quality.py` on {machine}. Latency: median "
-        "forward time per image on one CPU thread at the model's input size.\n"
-    )
-    print(table)
+    for name in args.models:
+        todo = {d: r for d, r in datasets.items() if not report.has(name, d)}
+        if todo:
+            report.add(measure(name, load_model(name), name, todo, args.latency_repeats))
+
+    if not args.no_finetune:
+        label = f"{args.finetune}+ft"
+        for data_name, root in datasets.items():
+            if report.has(label, data_name):
+                continue
+            artifact, minutes = train_run(
+                ROOT / "configs" / "finetune.yaml",
+                [
+                    f"model.init_from={args.finetune}",
+                    f"data.root={root}",
+                    f"train.name=ft_{data_name}",
+                    f"train.output_dir={args.runs}",
+                ],
+            )
+            rows = measure(
+                label,
+                load_model(artifact),
+                str(artifact),
+                {data_name: root},
+                args.latency_repeats,
+            )
+            report.add([{**row, "train_min": minutes} for row in rows])
+
+    label = "docclassifier_lcnet050"
+    if not args.no_train and not all(report.has(label, d) for d in datasets):
+        # The default recipe, on DocClassifier's backbone and size. No LP phase and no PCA
+        # start: LCNet has no offline ImageNet weights, so there is nothing to keep.
+        artifact, minutes = train_run(
+            ROOT / "configs" / "default.yaml",
+            [
+                "model.backbone=lcnet_050",
+                "model.pretrained=false",
+                "model.image_size=128",
+                "train.freeze_backbone_steps=0",
+                "train.neck_init_images=0",
+                f"train.name={label}",
+                f"train.output_dir={args.runs}",
+            ],
+        )
+        rows = measure(label, load_model(artifact), str(artifact), datasets, args.latency_repeats)
+        report.add([{**row, "train_min": minutes} for row in rows])
+    print(report.table())
+
+
+class Report:
+    """The rows measured so far, rewritten to JSON and Markdown after every addition."""
+
+    def __init__(self, output: Path, machine: str) -> None:
+        self.output = output
+        self.machine = machine
+        self.rows: list[dict] = []
+
+    def load(self) -> None:
+        """Take the rows of an earlier (possibly interrupted) run."""
+        path = self.output / "quality.json"
+        if path.is_file():
+            self.rows = json.loads(path.read_text())["rows"]
+
+    def has(self, model: str, data: str) -> bool:
+        """Whether a row for ``model`` on ``data`` exists."""
+        return any(r["model"] == model and r["data"] == data for r in self.rows)
+
+    def add(self, rows: list[dict]) -> None:
+        """Append rows and rewrite both files."""
+        self.rows += rows
+        self.output.mkdir(parents=True, exist_ok=True)
+        (self.output / "quality.json").write_text(
+            json.dumps({"machine": self.machine, "rows": self.rows}, indent=2, default=float)
+        )
+        (self.output / "quality.md").write_text(
+            f"{self.table()}\n\nMeasured with `python bench/quality.py` on {self.machine}, no "
+            "GPU. Test splits are class-disjoint from the train splits; every test image is "
+            "queried against the other test images of its set. `size_mb`: weights file as "
+            "stored. `ms_b1`/`ms_b32`: median forward time per image on one CPU thread at the "
+            "model's input size. `train_min`: wall-clock minutes of the training run of that "
+            "row (`+ft`: fine-tuning the default model on the set's train split with "
+            "`configs/finetune.yaml`; `docclassifier_lcnet050`: `configs/default.yaml` on "
+            "LCNet-0.5 at 128 px from random initialisation).\n"
+        )
+
+    def table(self) -> str:
+        """The Markdown table of all rows."""
+        return format_table(
+            self.rows, columns=COLUMNS, title="Leave-one-out retrieval on test splits"
+        )
 
 
 if __name__ == "__main__":
