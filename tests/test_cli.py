@@ -107,5 +107,11 @@ def test_pca_command_writes_a_smaller_model(pattern_folder, tmp_path) -> None:
     assert reduced.artifact_metadata["pca_fit"]["fit_images"] == 24
     again = invoke("pca", source, out, "--dim", "8", "--data", pattern_folder)
     assert again.exit_code == 2 and "already exists" in again.output
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("user data")
+    refused = invoke("pca", source, other, "--dim", "8", "--data", pattern_folder, "--force")
+    assert refused.exit_code == 2 and "not a model artifact" in refused.output
+    assert (other / "keep.txt").read_text() == "user data"
     neither = invoke("pca", source, tmp_path / "x")
     assert neither.exit_code == 2 and "exactly one of" in neither.output

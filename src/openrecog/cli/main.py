@@ -273,6 +273,20 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def _check_model_output(output: Path, force: bool) -> None:
+    """Refuse to write a model over anything but (with ``force``) a model or an empty folder."""
+    from openrecog.models.artifact import is_artifact
+
+    if output.exists() or output.is_symlink():
+        if not force:
+            raise FileExistsError(f"{output} already exists; pass --force to replace it")
+        empty_dir = output.is_dir() and not any(output.iterdir())
+        if not (is_artifact(output) or empty_dir):
+            raise FileExistsError(
+                f"{output} exists and is not a model artifact; refusing to replace it"
+            )
+
+
 @app.command()
 @user_errors
 def export(
@@ -288,17 +302,9 @@ def export(
 ) -> None:
     """Re-save a model with compact weights and report its size and fidelity to float32."""
     from openrecog.models import load_model, save_artifact
-    from openrecog.models.artifact import is_artifact
     from openrecog.models.compression import embedding_min_cosine
 
-    if output.exists() or output.is_symlink():
-        if not force:
-            raise FileExistsError(f"{output} already exists; pass --force to replace it")
-        empty_dir = output.is_dir() and not any(output.iterdir())
-        if not (is_artifact(output) or empty_dir):
-            raise FileExistsError(
-                f"{output} exists and is not a model artifact; refusing to replace it"
-            )
+    _check_model_output(output, force)
     embedder = load_model(model)
     metadata = {
         **(getattr(embedder, "artifact_metadata", None) or {}),
@@ -338,8 +344,7 @@ def pca(
 
     if (config is None) == (data is None):
         raise ValueError("give exactly one of --config (its training data) or --data FOLDER")
-    if output.exists() and not force:
-        raise FileExistsError(f"{output} already exists; pass --force to replace it")
+    _check_model_output(output, force)
     embedder = load_model(model)
     if config is not None:
         dataset = build_train_dataset(load_config(config).data, embedder.config.image_size)
