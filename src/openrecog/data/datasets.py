@@ -7,6 +7,7 @@ Every dataset here exposes ``labels`` (one int per item), ``class_names`` and
 
 from __future__ import annotations
 
+import bisect
 import csv
 import random
 from collections import Counter
@@ -176,15 +177,13 @@ class ConcatClassDataset(Dataset):
         self.parts = parts
         self.labels: list[int] = []
         self.class_names: list[str] = []
-        self._starts: list[int] = []
+        self._starts: list[int] = []  # first global index of each part
+        self._offsets: list[int] = []  # first global class of each part
         for part in parts:
             self._starts.append(len(self.labels))
-            offset = len(self.class_names)
-            self.labels.extend(offset + lab for lab in part.labels)  # type: ignore[attr-defined]
+            self._offsets.append(len(self.class_names))
+            self.labels.extend(self._offsets[-1] + lab for lab in part.labels)  # type: ignore[attr-defined]
             self.class_names.extend(part.class_names)  # type: ignore[attr-defined]
-        self._offsets = [0]
-        for part in parts[:-1]:
-            self._offsets.append(self._offsets[-1] + len(part.class_names))  # type: ignore[attr-defined]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -192,7 +191,7 @@ class ConcatClassDataset(Dataset):
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < len(self.labels):
             raise IndexError(index)
-        part = next(i for i in range(len(self.parts) - 1, -1, -1) if self._starts[i] <= index)
+        part = bisect.bisect_right(self._starts, index) - 1
         return part, index - self._starts[part]
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
@@ -204,12 +203,19 @@ class ConcatClassDataset(Dataset):
     def get_view(self, index: int, seed: int) -> tuple[Image.Image, int]:
         """A view of item ``index``: a fresh render where the source can make one."""
         part, local = self._locate(index)
-        source = self.parts[part]
-        if hasattr(source, "get_view"):
-            image, label = source.get_view(local, seed)
-        else:
-            image, label = source[local]
+        image, label = load_view(self.parts[part], local, seed)
         return image, label + self._offsets[part]
+
+
+def load_view(dataset: Dataset, index: int, seed: int) -> tuple[Image.Image, int]:
+    """Item ``index`` of ``dataset``, freshly generated from ``seed`` if it can do that.
+
+    Generated data (``get_view``) renders a new instance per view (new text, same template);
+    file datasets return their stored image.
+    """
+    if hasattr(dataset, "get_view"):
+        return dataset.get_view(index, seed)
+    return dataset[index]
 
 
 class AugmentedDataset(Dataset):
@@ -230,11 +236,7 @@ class AugmentedDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         """Load item ``index`` and transform it under ``seed``."""
         index, seed = key if isinstance(key, tuple) else (key, key)
-        if hasattr(self.base, "get_view"):
-            # Generated data renders a fresh instance per view (new text, same template).
-            image, label = self.base.get_view(index, seed)
-        else:
-            image, label = self.base[index]
+        image, label = load_view(self.base, index, seed)
         py_state = random.getstate()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
