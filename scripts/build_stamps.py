@@ -15,7 +15,6 @@ for training only and are not shipped with openrecog.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -25,17 +24,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from openrecog.storage import sha256_file
+
 PACKAGE = "tuxpaint-stamps-default"
 STAMPS_DIR = Path("usr/share/tuxpaint/stamps")
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(workdir: Path) -> Path:
@@ -87,7 +79,7 @@ def main() -> None:
         manifest = {
             "package": PACKAGE,
             "version": version,
-            "deb_sha256": sha256(deb),
+            "deb_sha256": sha256_file(deb),
             "license": "GPL-2 (Debian copyright file of the package)",
             "max_side": args.max_side,
             "count": len(written),
