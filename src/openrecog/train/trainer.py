@@ -187,6 +187,7 @@ class Trainer:
             t_in_epochs=False,
         )
         self.step = 0
+        self.neck_init: dict[str, float] = {}  # PCA start of the neck, if one was made
         if tc.neck_init_images and not resume and not config.model.init_from:
             self.neck_init = init_neck_from_pca(
                 self.model, self.train_base, tc.neck_init_images, tc.batch_size
