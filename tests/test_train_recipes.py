@@ -32,7 +32,7 @@ def test_distillation_loss_values() -> None:
     # normalised: identical, then orthogonal unit vectors (squared distance 2)
     assert distillation_loss(a, b, "mse").item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown distillation kind"):
-        distillation_loss(a, b, "kl")
+        distillation_loss(a, b, "l1")
 
 
 def test_teacher_sees_the_view_in_its_own_normalisation(tmp_path) -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -41,7 +48,18 @@ class ModelConfig(_Strict):
     pca_dim: int | None = Field(
         None, ge=2, description="reduce the embedding to this size by a fitted PCA (GUIE)"
     )
+    projection: Literal["linear", "mlp", "bn_linear"] = Field(
+        "linear",
+        description="map from pooled features to the embedding: linear (DocClassifier), "
+        "mlp = Linear→dropout→Linear (GUIE), bn_linear = BatchNorm1d(affine=False)→Linear (GUIE)",
+    )
+    hidden_dim: int = Field(1024, ge=16, description="width of the mlp projection's first Linear")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    tta: Literal["none", "flip", "crops", "flip_crops"] = Field(
+        "none",
+        description="test-time augmentation at inference: embeddings of flipped and/or "
+        "zoomed-crop views averaged (training is unaffected)",
+    )
     image_size: int = Field(224, ge=32, le=1024)
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
@@ -81,6 +99,16 @@ class DataConfig(_Strict):
     views_per_instance: int = Field(2, ge=1, description="K augmented views per image/batch")
     images_per_class: int = Field(2, ge=1, description="M for the class-balanced sampler")
     min_images_per_class: int = Field(1, ge=1)
+    max_images_per_class: int | None = Field(
+        None, ge=1, description="keep at most this many images per class (seeded subsample)"
+    )
+    class_sampling_power: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="classes are drawn with probability ∝ images^power: 0 = every class "
+        "equally often (rare classes oversampled), 1 = in proportion to their images",
+    )
     synthetic_classes: int = Field(2000, ge=2)
     synthetic_images_per_class: int = Field(1, ge=1)
     synthetic_seed: int = 0
@@ -104,6 +132,15 @@ class LossConfig(_Strict):
     m3: float | None = None
     easy_margin: bool = False
     sample_rate: float = Field(1.0, gt=0.0, le=1.0, description="PartialFC negative sampling")
+    margin_start: float | None = Field(
+        None,
+        description="dynamic margin (GUIE): start at this margin and add margin_step every "
+        "margin_every steps up to the loss's m (None: fixed margin)",
+    )
+    margin_step: float = Field(0.05, gt=0.0)
+    margin_every: int | None = Field(
+        None, ge=1, description="steps between margin increases (None: once per epoch)"
+    )
 
 
 class DistillConfig(_Strict):
@@ -116,11 +153,31 @@ class DistillConfig(_Strict):
     teacher: str | None = Field(
         None, description="teacher model: registered config (lite2_gap_imagenet), artifact path"
     )
-    kind: Literal["cosine", "mse"] = "cosine"
+    kind: Literal["cosine", "mse", "kl"] = Field(
+        "cosine",
+        description="cosine/mse: embedding → teacher features; kl: embedding → teacher's "
+        "class logits, KL of the softmaxes at `temperature` (USI; the teacher must be a "
+        "classifier, e.g. tf_efficientnet_lite2 with its ImageNet head)",
+    )
     weight: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature T of kind=kl")
     image_size: int | None = Field(
         None, ge=32, le=1024, description="teacher input size (None: the student's views as is)"
     )
+
+
+class StageConfig(_Strict):
+    """One stage of a staged schedule (CP2 / multi-resolution fine-tuning).
+
+    Unset fields take the value of the ``train`` section (``image_size`` of ``model``).
+    """
+
+    steps: int = Field(..., ge=1)
+    lr: float | None = Field(None, gt=0.0)
+    image_size: int | None = Field(None, ge=32, le=1024)
+    mixup_alpha: float | None = Field(None, ge=0.0)
+    cutmix_alpha: float | None = Field(None, ge=0.0)
+    warmup_steps: int | None = Field(None, ge=0)
 
 
 class TrainConfig(_Strict):
@@ -147,7 +204,36 @@ class TrainConfig(_Strict):
     freeze_backbone_steps: int = Field(
         0, ge=0, description="train only neck and head for the first N steps (LP-FT)"
     )
+    alternate_steps: int = Field(
+        0,
+        ge=0,
+        description="GUIE alternating training: phases of N steps, neck+head only (frozen "
+        "backbone), then backbone only (frozen neck+head) at lr × alternate_backbone_lr_scale",
+    )
+    alternate_backbone_lr_scale: float = Field(0.1, gt=0.0)
+    layer_decay: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="layer-wise lr decay: backbone block i gets lr × decay^(depth − i)",
+    )
+    schedule: Literal["cosine", "onecycle"] = Field(
+        "cosine",
+        description="cosine: warmup then cosine to lr × min_lr_ratio; onecycle: 30% warmup "
+        "from lr/25, then cosine to lr/25/1e4 (USI)",
+    )
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="keep an EMA of the weights and evaluate/save it"
+    )
+    mixup_alpha: float = Field(0.0, ge=0.0, description="Beta(α, α) MixUp of batches (0: off)")
+    cutmix_alpha: float = Field(0.0, ge=0.0, description="Beta(α, α) CutMix of batches (0: off)")
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="chance a batch is mixed")
+    stages: list[StageConfig] = Field(
+        default_factory=list,
+        description="staged training: run these stages in turn (steps, lr, image size, "
+        "mixup); replaces max_steps/epochs",
+    )
     grad_clip: float | None = Field(5.0, gt=0.0)
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
     channels_last: bool = Field(True, description="NHWC memory format (faster convs on CPU/GPU)")
@@ -183,6 +269,21 @@ class ExperimentConfig(_Strict):
     distill: DistillConfig = DistillConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> ExperimentConfig:
+        stages = self.train.stages
+        if stages and self.train.max_steps is not None:
+            raise ValueError("train.stages fixes the number of steps; leave train.max_steps unset")
+        sizes = {s.image_size for s in stages if s.image_size is not None}
+        if sizes - {self.model.image_size} and self.model.neck != "gap":
+            raise ValueError(
+                f"stages at other image sizes need model.neck=gap (neck={self.model.neck} "
+                "depends on the feature-map size)"
+            )
+        if self.model.projection != "linear" and self.model.embedding_dim is None:
+            raise ValueError(f"model.projection={self.model.projection} needs an embedding_dim")
+        return self
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -65,6 +65,24 @@ class ImageListDataset(Dataset):
         keep = [c for c in range(self.num_classes) if counts[c] >= min_images]
         return self._subset_classes(keep)
 
+    def limit_images_per_class(self, max_images: int, seed: int = 0) -> ImageListDataset:
+        """Keep at most ``max_images`` per class, a seeded random subset of each larger class."""
+        rng = random.Random(seed)
+        by_class: dict[int, list[int]] = {}
+        for index, label in enumerate(self.labels):
+            by_class.setdefault(label, []).append(index)
+        keep = sorted(
+            i
+            for members in by_class.values()
+            for i in (members if len(members) <= max_images else rng.sample(members, max_images))
+        )
+        return ImageListDataset(
+            [self.paths[i] for i in keep],
+            [self.labels[i] for i in keep],
+            list(self.class_names),
+            self.skipped,
+        )
+
     def instance_as_class(self) -> ImageListDataset:
         """The same images, each its own class (DocClassifier's instance discrimination)."""
         names = [

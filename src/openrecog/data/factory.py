@@ -59,6 +59,9 @@ def _build_main_train_dataset(
             raise DatasetError(
                 f"{cfg.root}: fewer than 2 classes have >= {cfg.min_images_per_class} images"
             )
+    if cfg.max_images_per_class is not None:
+        # A fixed seed: every run (and every seed of an ablation) trains on the same images.
+        dataset = dataset.limit_images_per_class(cfg.max_images_per_class, seed=0)
     if cfg.instance_as_class:
         dataset = dataset.instance_as_class()
     return dataset

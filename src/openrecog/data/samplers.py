@@ -14,7 +14,10 @@ class ClassBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
 
     Classes with fewer than ``m`` images are drawn with repetition, so each repeat is another
     augmented view — with one image per class this *is* instance-as-class training with K=m
-    views. Every class appears once per epoch. Yields ``(index, augmentation_seed)`` pairs;
+    views. With ``class_sampling_power = 0`` every class appears once per epoch (rare classes
+    are oversampled relative to their share of images); with ``p > 0`` each batch draws its
+    classes (without repetition inside the batch) with probability ∝ ``images^p``, so
+    ``p = 1`` follows the natural class frequencies. Yields ``(index, augmentation_seed)`` pairs;
     the order is a pure function of ``(seed, epoch)``, so :meth:`state_dict` only needs the
     epoch and the position inside it for an exact resume.
     """
@@ -26,6 +29,7 @@ class ClassBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
         m_per_class: int,
         seed: int = 0,
         drop_last: bool = True,
+        class_sampling_power: float = 0.0,
     ) -> None:
         if m_per_class < 1 or batch_size < m_per_class:
             raise ValueError(f"need 1 <= m_per_class ({m_per_class}) <= batch_size ({batch_size})")
@@ -39,6 +43,12 @@ class ClassBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
         if len(self.classes) < 2:
             raise ValueError("need at least 2 classes to train an embedding")
         self.classes_per_batch = min(self.classes_per_batch, len(self.classes))
+        if class_sampling_power < 0:
+            raise ValueError(f"class_sampling_power must be >= 0, got {class_sampling_power}")
+        counts = np.array([len(self.by_class[c]) for c in self.classes], dtype=np.float64)
+        weights = counts**class_sampling_power
+        self.class_probs = weights / weights.sum()
+        self.class_sampling_power = class_sampling_power
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
@@ -65,11 +75,7 @@ class ClassBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         """Yield the batches of the current epoch from ``start_batch`` on."""
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self.classes))
-        batches = [
-            order[i : i + self.classes_per_batch]
-            for i in range(0, len(order), self.classes_per_batch)
-        ]
+        batches = self._class_batches(rng)
         if self.drop_last and batches and len(batches[-1]) < self.classes_per_batch:
             batches.pop()
         seeds = rng.integers(0, 2**31 - 1, size=(len(batches), self.classes_per_batch * self.m))
@@ -84,3 +90,15 @@ class ClassBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
                 continue
             yield [(int(idx), int(s)) for idx, s in zip(picks, seeds[b], strict=False)]
         self.start_batch = 0
+
+    def _class_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The class indices of each batch of one epoch (``len(classes)`` class slots)."""
+        n = len(self.classes)
+        if self.class_sampling_power == 0:
+            order = rng.permutation(n)
+            return [
+                order[i : i + self.classes_per_batch] for i in range(0, n, self.classes_per_batch)
+            ]
+        full, rest = divmod(n, self.classes_per_batch)
+        sizes = [self.classes_per_batch] * full + ([rest] if rest else [])
+        return [rng.choice(n, size=k, replace=False, p=self.class_probs) for k in sizes]

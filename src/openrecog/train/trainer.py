@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from timm.scheduler import CosineLRScheduler
+from timm.optim import param_groups_layer_decay
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
@@ -42,6 +43,15 @@ from openrecog.train.checkpoint import (
     save_checkpoint,
 )
 from openrecog.train.distill import build_distillation, distillation_loss
+from openrecog.train.mixing import mix_batch
+from openrecog.train.schedule import (
+    Stage,
+    build_lr_scheduler,
+    margin_at,
+    phase_at,
+    resolve_stages,
+    stage_at,
+)
 
 SELECTION_METRIC = "map@5"
 
@@ -77,8 +87,27 @@ def param_groups(
         for params, wd, suffix in ((decay, weight_decay, ""), (no_decay, 0.0, "_no_decay")):
             if params:
                 groups.append(
-                    {"params": params, "lr": lrs[name], "weight_decay": wd, "name": name + suffix}
+                    {
+                        "params": params,
+                        "lr": lrs[name],
+                        "weight_decay": wd,
+                        "name": name + suffix,
+                        "module": name,
+                    }
                 )
+    return groups
+
+
+def layer_decay_groups(
+    backbone: nn.Module, lr: float, weight_decay: float, layer_decay: float
+) -> list[dict]:
+    """Backbone groups whose lr falls by ``layer_decay`` per layer from the top (timm's grouping).
+
+    Each group carries timm's ``lr_scale``, which timm's schedulers apply on every update.
+    """
+    groups = param_groups_layer_decay(backbone, weight_decay=weight_decay, layer_decay=layer_decay)
+    for index, group in enumerate(groups):
+        group.update(lr=lr, name=f"backbone_layer{index}", module="backbone")
     return groups
 
 
@@ -115,27 +144,21 @@ class Trainer:
         self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         pre = resolve_preprocessing(config.model)
+        self.preprocessing = pre
         self.train_base = build_train_dataset(config.data, pre["image_size"])
         self.eval_data = build_eval_dataset(config.eval, pre["image_size"])
-        transform = build_train_transform(
-            pre["image_size"], pre["mean"], pre["std"], config.data.augment
-        )
         # Instance-as-class: each "class" is one image, shown as K augmented views per batch.
         per_class = config.data.images_per_class
         if config.data.instance_as_class:
             per_class = config.data.views_per_instance
         self.sampler = ClassBalancedBatchSampler(
-            self.train_base.labels, tc.batch_size, per_class, seed=tc.seed
+            self.train_base.labels,
+            tc.batch_size,
+            per_class,
+            seed=tc.seed,
+            class_sampling_power=config.data.class_sampling_power,
         )
-        self.loader = DataLoader(
-            AugmentedDataset(self.train_base, transform),
-            batch_sampler=self.sampler,
-            num_workers=config.data.num_workers,
-            worker_init_fn=_single_thread_worker,
-            # The batch sampler runs in this process, so set_epoch() reaches it even though
-            # workers persist; restarting workers each (short) epoch costs seconds.
-            persistent_workers=config.data.num_workers > 0,
-        )
+        self._loaders: dict[int, DataLoader] = {}
         lc = config.loss
         self.head = build_head(
             lc.name,
@@ -150,6 +173,16 @@ class Trainer:
             easy_margin=lc.easy_margin,
             seed=tc.seed,
         ).to(self.device)
+        self.margin_cap: float | None = None
+        if lc.margin_start is not None:
+            if not hasattr(self.head, "margin_loss") or self.head.margin_loss.margin_attr is None:
+                raise ValueError(f"loss.margin_start needs a margin loss, not loss.name={lc.name}")
+            self.margin_cap = self.head.margin_loss.margin
+            if lc.margin_start > self.margin_cap:
+                raise ValueError(
+                    f"loss.margin_start={lc.margin_start} exceeds the final margin "
+                    f"{self.margin_cap} (loss.m)"
+                )
         distill = build_distillation(
             config.distill, self.model.embedding_dim, pre["mean"], pre["std"]
         )
@@ -167,26 +200,32 @@ class Trainer:
         }
         if self.distill_proj is not None:
             modules["distill"] = self.distill_proj
-        groups = param_groups(
-            modules,
-            {"backbone": tc.lr, **{k: head_lr for k in modules if k != "backbone"}},
-            tc.weight_decay,
-        )
+        if tc.layer_decay is not None:
+            del modules["backbone"]
+            groups = layer_decay_groups(
+                self.model.backbone, tc.lr, tc.weight_decay, tc.layer_decay
+            ) + param_groups(modules, dict.fromkeys(modules, head_lr), tc.weight_decay)
+        else:
+            groups = param_groups(
+                modules,
+                {"backbone": tc.lr, **{k: head_lr for k in modules if k != "backbone"}},
+                tc.weight_decay,
+            )
         if tc.optimizer == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=tc.lr)
         else:
             self.optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, nesterov=True)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.steps_per_epoch = len(self.sampler)
-        self.total_steps = tc.max_steps or tc.epochs * self.steps_per_epoch
-        self.scheduler = CosineLRScheduler(
-            self.optimizer,
-            t_initial=max(1, self.total_steps),
-            lr_min=tc.lr * tc.min_lr_ratio,
-            warmup_t=tc.warmup_steps,
-            warmup_lr_init=tc.lr * 0.01,
-            t_in_epochs=False,
-        )
+        self.stages: list[Stage] = resolve_stages(tc, pre["image_size"], self.steps_per_epoch)
+        self.total_steps = self.stages[-1].end
         self.step = 0
+        self.stage: Stage | None = None
+        self.ema: ModelEmaV3 | None = None
+        if tc.ema_decay is not None:
+            # timm's warmup makes the EMA follow the weights closely early on, so short runs
+            # do not end up averaging mostly the untrained start.
+            self.ema = ModelEmaV3(self.model, decay=tc.ema_decay, use_warmup=True)
         self.neck_init: dict[str, float] = {}  # PCA start of the neck, if one was made
         if tc.neck_init_images and not resume and not config.model.init_from:
             self.neck_init = init_neck_from_pca(
@@ -198,6 +237,51 @@ class Trainer:
         self._last_eval: tuple[int, dict[str, float]] = (-1, {})
         if resume:
             self._resume(resume)
+        self._enter_stage()
+
+    # ----------------------------------------------------------------- schedule
+    def _enter_stage(self) -> Stage:
+        """Make the stage of the current step active and set this step's learning rates."""
+        stage = stage_at(self.stages, self.step)
+        if stage != self.stage:
+            self.stage = stage
+            self.scheduler = build_lr_scheduler(
+                self.optimizer, self.config.train, stage, self.base_lrs
+            )
+            for model in self._models():
+                if model.config.image_size != stage.image_size:
+                    # Only a gap neck reaches here (config check): it fits any input size.
+                    model.config = model.config.model_copy(update={"image_size": stage.image_size})
+        self.scheduler.step_update(self.step - stage.start)
+        if phase_at(self.config.train, self.step) == "backbone":
+            for group in self.optimizer.param_groups:
+                if group["module"] == "backbone":
+                    group["lr"] *= self.config.train.alternate_backbone_lr_scale
+        return stage
+
+    def _models(self) -> list[Embedder]:
+        return [self.model] + ([self.ema.module] if self.ema is not None else [])
+
+    @property
+    def eval_model(self) -> Embedder:
+        """The model that is evaluated and saved: the EMA of the weights if there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _loader(self, image_size: int) -> DataLoader:
+        """The training loader for views of ``image_size`` (one per size, kept for reuse)."""
+        if image_size not in self._loaders:
+            pre, cfg = self.preprocessing, self.config.data
+            transform = build_train_transform(image_size, pre["mean"], pre["std"], cfg.augment)
+            self._loaders[image_size] = DataLoader(
+                AugmentedDataset(self.train_base, transform),
+                batch_sampler=self.sampler,
+                num_workers=cfg.num_workers,
+                worker_init_fn=_single_thread_worker,
+                # The batch sampler runs in this process, so set_epoch() reaches it even
+                # though workers persist; restarting workers each (short) epoch costs seconds.
+                persistent_workers=cfg.num_workers > 0,
+            )
+        return self._loaders[image_size]
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -207,8 +291,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "head": self.head.state_dict(),
             "distill": self.distill_proj.state_dict() if self.distill_proj is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "sampler": {
                 "epoch": self.step // self.steps_per_epoch,
                 "start_batch": self.step % self.steps_per_epoch,
@@ -237,8 +321,11 @@ class Trainer:
             if state.get("distill") is None:
                 raise ValueError(f"{path}: checkpoint was made without distillation")
             self.distill_proj.load_state_dict(state["distill"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"{path}: checkpoint was made without train.ema_decay")
+            self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"])
         self.step = state["step"]
@@ -258,13 +345,30 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimisation step; returns the loss."""
         tc = self.config.train
-        frozen = self.step < tc.freeze_backbone_steps
+        stage = self.stage or self._enter_stage()
+        phase = phase_at(tc, self.step)
+        frozen = phase == "head"
         self.model.train()
-        # Linear probing first (GUIE's LP-FT): a frozen backbone keeps its BN statistics too.
+        # Linear probing (LP-FT, alternating): a frozen backbone keeps its BN statistics too,
+        # and so does a frozen neck.
         self.model.backbone.train(not frozen)
+        self.model.neck.train(phase != "backbone")
         self.head.train()
-        images = images.to(self.device, memory_format=self.memory_format)
-        labels = labels.to(self.device)
+        margin = margin_at(
+            self.config.loss, self.margin_cap or 0.0, self.step, self.steps_per_epoch
+        )
+        if margin is not None:
+            self.head.margin_loss.set_margin(margin)
+        mixed = mix_batch(
+            images,
+            labels,
+            stage.mixup_alpha,
+            stage.cutmix_alpha,
+            tc.mix_prob,
+            np.random.default_rng([tc.seed, self.step]),
+        )
+        images = mixed.images.to(self.device, memory_format=self.memory_format)
+        labels = mixed.labels_a.to(self.device)
         autocast = (
             torch.autocast(
                 self.device.type, dtype=torch.bfloat16 if tc.autocast == "bf16" else torch.float16
@@ -277,13 +381,19 @@ class Trainer:
                 features = self.model.forward_features(images)
             embeddings = self.model.forward_head(features).float()
         margin_loss = self.head(embeddings, labels)
+        if mixed.mixed:
+            other = self.head(embeddings, mixed.labels_b.to(self.device))
+            margin_loss = mixed.lam * margin_loss + (1.0 - mixed.lam) * other
         loss = margin_loss
         self.last_losses = {"loss/margin": margin_loss.item()}
+        if margin is not None:
+            self.last_losses["margin"] = margin
         if self.teacher is not None and self.distill_proj is not None:
             with autocast:
                 target = self.teacher(images)
+            dc = self.config.distill
             distill = distillation_loss(
-                self.distill_proj(embeddings), target.float(), self.config.distill.kind
+                self.distill_proj(embeddings), target.float(), dc.kind, dc.temperature
             )
             loss = loss + self.config.distill.weight * distill
             self.last_losses["loss/distill"] = distill.item()
@@ -293,12 +403,20 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if phase == "backbone":
+            # No gradient means no update at all: AdamW skips the step and the weight decay.
+            for group in self.optimizer.param_groups:
+                if group["module"] != "backbone":
+                    for param in group["params"]:
+                        param.grad = None
         if tc.grad_clip:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         self.optimizer.step()
         self.step += 1
-        self.scheduler.step_update(self.step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        self._enter_stage()
         return loss.item()
 
     def evaluate(self) -> dict[str, float]:
@@ -307,7 +425,7 @@ class Trainer:
             return {}
         ec = self.config.eval
         metrics = evaluate_model(
-            self.model,
+            self.eval_model,
             self.eval_data,
             batch_size=ec.batch_size,
             target_far=ec.target_far,
@@ -337,10 +455,11 @@ class Trainer:
         )
         try:
             while self.step < self.total_steps:
+                stage = self._enter_stage()
                 epoch, start = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, start)
                 tick = time.perf_counter()
-                for images, labels in self.loader:
+                for images, labels in self._loader(stage.image_size):
                     loss = self.train_step(images, labels)
                     now = time.perf_counter()
                     throughput = images.shape[0] / max(now - tick, 1e-9)
@@ -365,8 +484,8 @@ class Trainer:
                         self._evaluate_and_keep(writer, log)
                     if self.step % tc.checkpoint_every == 0:
                         self.save_checkpoint()
-                    if self.step >= self.total_steps:
-                        break
+                    if self.step >= stage.end:
+                        break  # the next stage may need another loader
             # The loop may just have evaluated/checkpointed this very step: don't repeat it.
             final = (
                 self._last_eval[1]
@@ -375,7 +494,7 @@ class Trainer:
             )
             if self.step % tc.checkpoint_every:
                 self.save_checkpoint()
-            save_artifact(self.model, self.run_dir / "last", metadata=self._metadata(final))
+            save_artifact(self.eval_model, self.run_dir / "last", metadata=self._metadata(final))
         finally:
             bar.close()
             writer.close()
@@ -396,7 +515,7 @@ class Trainer:
         score = metrics.get(SELECTION_METRIC, -math.inf) if metrics else self.step
         if not self.best or score >= self.best.get(SELECTION_METRIC, -math.inf):
             self.best = {**metrics, "step": self.step}
-            save_artifact(self.model, self.run_dir / "best", metadata=self._metadata(metrics))
+            save_artifact(self.eval_model, self.run_dir / "best", metadata=self._metadata(metrics))
         return metrics
 
     def _metadata(self, metrics: dict[str, float]) -> dict[str, Any]:
