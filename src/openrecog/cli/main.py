@@ -269,6 +269,15 @@ class WeightsDtype(StrEnum):
     int8 = "int8"
 
 
+class TtaMode(StrEnum):
+    """Test-time augmentation of an exported model (mirrors ``openrecog.models.tta``)."""
+
+    none = "none"
+    flip = "flip"
+    crops = "crops"
+    flip_crops = "flip_crops"
+
+
 def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -298,6 +307,10 @@ def export(
         WeightsDtype,
         typer.Option(help="stored weights: float32 (lossless), float16, int8 (weight-only)"),
     ] = WeightsDtype.float32,
+    tta: Annotated[
+        TtaMode | None,
+        typer.Option(help="test-time augmentation of the exported model (default: keep)"),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing artifact")] = False,
 ) -> None:
     """Re-save a model with compact weights and report its size and fidelity to float32."""
@@ -306,6 +319,8 @@ def export(
 
     _check_model_output(output, force)
     embedder = load_model(model)
+    if tta is not None:
+        embedder.set_tta(tta.value)
     metadata = {
         **(getattr(embedder, "artifact_metadata", None) or {}),
         "exported_from": model,
@@ -318,6 +333,30 @@ def export(
         f"exported {model} -> {output} (weights {weights.value}): {_dir_size(output) / 1e6:.2f} MB"
     )
     typer.echo(f"min cosine vs float32 on 8 random images: {cosine:.5f}")
+
+
+def _check_fit_source(config: Path | None, data: Path | None) -> None:
+    """Require exactly one source of fitting images."""
+    if (config is None) == (data is None):
+        raise ValueError("give exactly one of --config (its training data) or --data FOLDER")
+
+
+def _fitting_dataset(config: Path | None, data: Path | None, image_size: int, max_images: int):
+    """Images to fit a PCA on: an experiment config's training data or a folder of images."""
+    from torch.utils.data import Subset
+
+    from openrecog.config import load_config
+    from openrecog.data.factory import build_train_dataset, instance_folder
+
+    if config is not None:
+        dataset = build_train_dataset(load_config(config).data, image_size)
+    else:
+        dataset = instance_folder(str(data))
+    if len(dataset) > max_images:
+        # An even spread over the dataset, so mixed sources keep their proportions.
+        step = len(dataset) / max_images
+        dataset = Subset(dataset, [int(i * step) for i in range(max_images)])
+    return dataset
 
 
 @app.command()
@@ -335,25 +374,17 @@ def pca(
     force: Annotated[bool, typer.Option("--force", help="replace an existing artifact")] = False,
 ) -> None:
     """Reduce a model's embedding to --dim by PCA fitted on training images (GUIE-style)."""
-    from torch.utils.data import Subset
-
-    from openrecog.config import load_config
-    from openrecog.data.factory import build_train_dataset, instance_folder
-    from openrecog.models import load_model, save_artifact
+    from openrecog.models import EnsembleEmbedder, load_model, save_artifact
     from openrecog.models.pca import fit_pca_model
 
-    if (config is None) == (data is None):
-        raise ValueError("give exactly one of --config (its training data) or --data FOLDER")
+    _check_fit_source(config, data)
     _check_model_output(output, force)
     embedder = load_model(model)
-    if config is not None:
-        dataset = build_train_dataset(load_config(config).data, embedder.config.image_size)
-    else:
-        dataset = instance_folder(str(data))
-    if len(dataset) > max_images:
-        # An even spread over the dataset, so mixed sources keep their proportions.
-        step = len(dataset) / max_images
-        dataset = Subset(dataset, [int(i * step) for i in range(max_images)])
+    if isinstance(embedder, EnsembleEmbedder):
+        raise ValueError(
+            f"{model} is an ensemble; its PCA is fitted by `openrecog ensemble ... --pca-dim N`"
+        )
+    dataset = _fitting_dataset(config, data, embedder.config.image_size, max_images)
     reduced, stats = fit_pca_model(embedder, dataset, dim, progress=True)
     metadata = {
         **(getattr(embedder, "artifact_metadata", None) or {}),
@@ -365,6 +396,56 @@ def pca(
         f"{model} -> {output}: {embedder.embedding_dim}-d -> {dim}-d, explained variance "
         f"{stats['explained_variance']:.3f} on {int(stats['fit_images'])} images"
     )
+
+
+@app.command()
+@user_errors
+def ensemble(
+    models: Annotated[
+        list[str], typer.Argument(help="two or more model artifact folders or shipped models")
+    ],
+    output: Annotated[Path, typer.Option("--out", help="artifact folder to write")],
+    pca_dim: Annotated[
+        int | None, typer.Option(min=2, help="reduce the concatenation to this size by PCA")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="fit the PCA on the training data of this config")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="or: fit on the images in this folder")] = None,
+    max_images: Annotated[int, typer.Option(min=1, help="fit on at most this many")] = 5000,
+    weights: Annotated[WeightsDtype, typer.Option(help="stored weights")] = WeightsDtype.float32,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing artifact")] = False,
+) -> None:
+    """Concatenate several models' embeddings, optionally PCA-reduced (GUIE-style ensemble).
+
+    The ensemble takes the first model's input (size, mean, std) and converts it for the
+    others. With --pca-dim the PCA is fitted on --config's training data or --data's images.
+    """
+    from openrecog.models import fit_ensemble, load_model, save_artifact
+
+    if len(models) < 2:
+        raise ValueError(f"an ensemble needs at least 2 models (got {len(models)})")
+    if pca_dim is None and (config is not None or data is not None):
+        raise ValueError("--config/--data choose the PCA's fitting images; add --pca-dim N")
+    if pca_dim is not None:
+        _check_fit_source(config, data)
+    _check_model_output(output, force)
+    members = [load_model(name) for name in models]
+    dataset = None
+    if pca_dim is not None:
+        dataset = _fitting_dataset(config, data, members[0].config.image_size, max_images)
+    combined, stats = fit_ensemble(members, dataset, pca_dim, progress=True)
+    metadata: dict[str, Any] = {"ensemble_of": list(models)}
+    if pca_dim is not None:
+        metadata["pca_fit"] = {**stats, "source": str(config or data)}
+    save_artifact(combined, output, metadata=metadata, weights_dtype=weights.value)
+    summary = f"{' + '.join(models)} -> {output}: {stats['concat_dim']}-d"
+    if pca_dim is not None:
+        summary += (
+            f" -> {pca_dim}-d, explained variance {stats['explained_variance']:.3f} "
+            f"on {int(stats['fit_images'])} images"
+        )
+    typer.echo(summary)
 
 
 @app.command()

@@ -5,6 +5,10 @@ SHA-256 of the weights file, which :func:`load_artifact` verifies before reading
 ``weights_dtype`` says how the weights are stored (``float32``, ``float16`` or weight-only
 ``int8``, see :mod:`openrecog.models.compression`); an artifact without it is float32. Loading
 always gives a float32 model.
+
+An :class:`~openrecog.models.ensemble.EnsembleEmbedder` is stored the same way, with an extra
+``ensemble`` section (the members' configurations and the PCA size) and its weights under
+``members.<i>.`` and ``pca.``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from openrecog.models.compression import (
     quantize_state_dict,
 )
 from openrecog.models.embedder import Embedder, resolve_preprocessing
+from openrecog.models.ensemble import EnsembleEmbedder
 from openrecog.storage import read_json, recover_dir, replace_dir, sha256_file
 
 ARTIFACT_FORMAT = "openrecog-model"
@@ -45,7 +50,7 @@ def is_artifact(path: str | Path) -> bool:
 
 
 def save_artifact(
-    model: Embedder,
+    model: Embedder | EnsembleEmbedder,
     path: str | Path,
     metadata: dict[str, Any] | None = None,
     weights_dtype: str = "float32",
@@ -55,7 +60,7 @@ def save_artifact(
     An existing artifact at ``path`` is replaced only once the new one is complete.
 
     Args:
-        model: the embedder to save (its weights are left untouched).
+        model: the embedder or ensemble to save (its weights are left untouched).
         path: artifact directory.
         metadata: free JSON-able data stored in ``config.json`` (e.g. a threshold).
         weights_dtype: ``float32`` (lossless, default), ``float16`` (about half the size) or
@@ -82,6 +87,11 @@ def save_artifact(
             "weights_dtype": weights_dtype,
             "metadata": metadata or {},
         }
+        if isinstance(model, EnsembleEmbedder):
+            config["ensemble"] = {
+                "members": [c.model_dump(mode="json") for c in model.member_configs()],
+                "pca_dim": model.pca_dim,
+            }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
         replace_dir(tmp, path)
         if weights_dtype == "float32":
@@ -112,8 +122,35 @@ def read_artifact_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_artifact(path: str | Path, verify: bool = True) -> Embedder:
-    """Load an :class:`Embedder` from an artifact directory.
+def _model_config(data: Any, where: str) -> ModelConfig:
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ArtifactError(f"{where}: bad model section ({format_validation_error(exc)})") from exc
+
+
+def _build_model(config: dict[str, Any], where: str) -> Embedder | EnsembleEmbedder:
+    """The untrained model described by an artifact's ``config.json``."""
+    if "model" not in config:
+        raise ArtifactError(f"{where}: bad model section ('model' is missing)")
+    model_config = _model_config(config["model"], where)
+    ensemble = config.get("ensemble")
+    if ensemble is None:
+        return Embedder(model_config, load_pretrained=False)
+    try:
+        member_data, pca_dim = ensemble["members"], ensemble["pca_dim"]
+        configs = [_model_config(member, where) for member in member_data]
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"{where}: bad ensemble section ({exc!r})") from exc
+    members = [Embedder(c, load_pretrained=False) for c in configs]
+    try:
+        return EnsembleEmbedder(members, pca_dim)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{where}: bad ensemble section ({exc})") from exc
+
+
+def load_artifact(path: str | Path, verify: bool = True) -> Embedder | EnsembleEmbedder:
+    """Load an :class:`Embedder` (or an ensemble of them) from an artifact directory.
 
     float16 / int8 weights are converted back to float32; the model always runs in float32.
 
@@ -132,12 +169,7 @@ def load_artifact(path: str | Path, verify: bool = True) -> Embedder:
     digest = config.get("weights_sha256")
     if verify and sha256_file(weights) != digest:
         raise ArtifactError(f"{weights}: checksum mismatch (file changed or corrupted)")
-    try:
-        model_config = ModelConfig.model_validate(config["model"])
-    except (KeyError, ValidationError) as exc:
-        detail = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-        raise ArtifactError(f"{path / CONFIG_FILE}: bad model section ({detail})") from exc
-    model = Embedder(model_config, load_pretrained=False)
+    model = _build_model(config, str(path / CONFIG_FILE))
     try:
         model.load_state_dict(dequantize_state_dict(load_file(str(weights))), strict=True)
     except Exception as exc:  # safetensors and torch raise several types for bad files

@@ -11,11 +11,16 @@ from openrecog.config import ModelConfig
 from openrecog.models.necks import Neck
 from openrecog.models.pca import PCAProjection
 from openrecog.models.pretrained import has_offline_weights, load_offline_pretrained
+from openrecog.models.tta import check_tta_mode, tta_views
 from openrecog.models.weights import load_backbone_checkpoint
 
 
 class Embedder(nn.Module):
     """``backbone.forward_features`` → :class:`Neck` → L2 normalisation.
+
+    ``config.tta`` (test-time augmentation) changes :meth:`forward` only; the training
+    entry points (:meth:`forward_features`, :meth:`forward_head`,
+    :meth:`forward_unnormalized`) always see the batch as given.
 
     Attributes:
         config: the :class:`ModelConfig` the module was built from.
@@ -50,6 +55,8 @@ class Embedder(nn.Module):
             norm=config.norm,
             dropout=config.dropout,
             squeeze_channels=config.squeeze_channels,
+            projection=config.projection,
+            hidden_dim=config.hidden_dim,
         )
         self.pca: PCAProjection | None = None
         if config.pca_dim is not None:
@@ -79,8 +86,32 @@ class Embedder(nn.Module):
         return self.pca(embeddings) if self.pca is not None else embeddings
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised float32 embeddings ``(B, embedding_dim)``."""
-        return F.normalize(self.forward_unnormalized(images).float(), dim=-1)
+        """L2-normalised float32 embeddings ``(B, embedding_dim)``.
+
+        With ``config.tta`` set, every view of :func:`~openrecog.models.tta.tta_views` goes
+        through the backbone in one batch; the views' L2-normalised neck outputs are
+        averaged, then projected by the PCA (if any) and L2-normalised.
+        """
+        mode = self.config.tta
+        if mode == "none":
+            return F.normalize(self.forward_unnormalized(images).float(), dim=-1)
+        views = tta_views(images, mode)
+        # Normalise per view before averaging so no view outweighs the others by its norm;
+        # the PCA maps one embedding per image, so it comes after the average.
+        embeddings = F.normalize(self.neck(self.forward_features(views)).float(), dim=-1)
+        embeddings = embeddings.view(-1, images.shape[0], embeddings.shape[-1]).mean(dim=0)
+        if self.pca is not None:
+            embeddings = self.pca(embeddings)
+        return F.normalize(embeddings, dim=-1)
+
+    def set_tta(self, mode: str) -> Embedder:
+        """Use test-time augmentation ``mode`` from now on (recorded in ``config``); returns self.
+
+        Raises:
+            ValueError: ``mode`` is not one of ``none | flip | crops | flip_crops``.
+        """
+        self.config = self.config.model_copy(update={"tta": check_tta_mode(mode)})
+        return self
 
 
 def resolve_preprocessing(config: ModelConfig) -> dict:

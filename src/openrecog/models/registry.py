@@ -8,6 +8,7 @@ from pathlib import Path
 from openrecog.config import ModelConfig
 from openrecog.models.artifact import ArtifactError, is_artifact, load_artifact
 from openrecog.models.embedder import Embedder
+from openrecog.models.ensemble import EnsembleEmbedder
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,13 @@ def create_model(
     return Embedder(config, load_pretrained=pretrained)
 
 
-def load_model(name_or_path: str | Path) -> Embedder:
+def load_model(name_or_path: str | Path) -> Embedder | EnsembleEmbedder:
     """Load a model by artifact path, shipped model name, or registered config name.
 
     Resolution order: an existing directory path; a trained model shipped in the package
     (``"default"``); a registered configuration (built with offline ImageNet backbone weights
-    and an untrained neck). The model is returned in eval mode.
+    and an untrained neck). The model is returned in eval mode; an ensemble artifact gives an
+    :class:`~openrecog.models.ensemble.EnsembleEmbedder`.
     """
     path = Path(name_or_path)
     if path.exists():
@@ -104,6 +106,10 @@ def create_model_from_trained(config: ModelConfig) -> Embedder:
     if not config.init_from:
         raise ValueError("model.init_from is not set")
     source = load_model(config.init_from)
+    if isinstance(source, EnsembleEmbedder):
+        raise ValueError(
+            f"model.init_from={config.init_from!r} is an ensemble; start from one of its members"
+        )
     base = source.config.model_dump()
     conflicts = [
         f"model.{key}={getattr(config, key)!r} (it has {base[key]!r})"
