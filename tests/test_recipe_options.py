@@ -320,3 +320,30 @@ def test_stages_switch_resolution_and_lr(pattern_folder, tmp_path) -> None:
     from openrecog.models import load_model
 
     assert load_model(result.run_dir / "last").config.image_size == 96
+
+
+def test_resume_is_exact_with_stages_mixup_alternation_and_ema(pattern_folder, tmp_path) -> None:
+    from openrecog.train.checkpoint import list_checkpoints
+
+    from .test_trainer import _losses
+
+    cfg = _gap(
+        pattern_folder,
+        tmp_path,
+        **{
+            "train.name": "full",
+            "train.max_steps": "null",
+            "train.stages": [{"steps": 3, "mixup_alpha": 0.4}, {"steps": 3, "lr": 1e-4}],
+            "train.cutmix_alpha": 1.0,
+            "train.alternate_steps": 2,
+            "train.ema_decay": 0.9,
+            "loss.margin_start": 0.1,
+            "loss.margin_every": 2,
+        },
+    )
+    full = Trainer(cfg).fit()
+    first = list_checkpoints(full.run_dir / "checkpoints")[0]
+    resumed = Trainer(cfg, run_dir=tmp_path / "resumed", resume=str(first))
+    resumed.fit()
+    expected, got = _losses(full.run_dir), _losses(tmp_path / "resumed")
+    assert [got[s] for s in (4, 5, 6)] == [expected[s] for s in (4, 5, 6)]

@@ -19,6 +19,7 @@ from torch import nn
 
 from openrecog.config import DistillConfig
 from openrecog.models import Embedder, load_model, resolve_preprocessing
+from openrecog.models.preprocess import convert_preprocessing
 from openrecog.models.pretrained import has_offline_weights, load_offline_pretrained
 
 DISTILL_KINDS: tuple[str, ...] = ("cosine", "mse", "kl")
@@ -58,8 +59,8 @@ class FrozenTeacher:
             self.feature_dim = teacher.num_classes
             self._forward = teacher
         self.image_size = image_size
-        self._student = _stats(student_mean, student_std)
-        self._teacher = _stats(list(mean), list(std))
+        self._student = (list(student_mean), list(student_std))
+        self._teacher = (list(mean), list(std))
 
     def to(self, device: torch.device, memory_format: torch.memory_format) -> FrozenTeacher:
         """Move the teacher to ``device`` in ``memory_format``; returns self."""
@@ -69,18 +70,8 @@ class FrozenTeacher:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Teacher features or logits ``(B, feature_dim)`` (before any L2 normalisation)."""
-        s_mean, s_std = (t.to(images.device, images.dtype) for t in self._student)
-        t_mean, t_std = (t.to(images.device, images.dtype) for t in self._teacher)
-        x = (images * s_std + s_mean - t_mean) / t_std
-        if self.image_size and self.image_size != x.shape[-1]:
-            x = F.interpolate(
-                x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
-            )
+        x = convert_preprocessing(images, *self._student, *self._teacher, self.image_size)
         return self._forward(x).float()
-
-
-def _stats(mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
 
 
 def build_distillation(

@@ -546,7 +546,10 @@ def init_neck_from_pca(
 
     neck = model.neck
     if neck.kind != "gap" or not isinstance(neck.fc, nn.Linear):
-        raise ValueError("train.neck_init_images needs model.neck=gap with an embedding_dim")
+        raise ValueError(
+            "train.neck_init_images needs model.neck=gap, model.projection=linear and an "
+            "embedding_dim"
+        )
     if num_images <= neck.fc.out_features:
         raise ValueError(
             f"train.neck_init_images={num_images} must exceed model.embedding_dim="
