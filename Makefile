@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean default-model quality
+.PHONY: demo test lint install clean default-model quality ablate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ default-model: $(STAMP)
 quality: $(STAMP)
 	$(PY) bench/quality.py
 
+# docs/benchmarks/ablations.md: needs ../shared/data (about 1.5 h on 2 CPU cores per seed).
+ablate: $(STAMP)
+	$(PY) bench/ablate.py
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache

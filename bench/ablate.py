@@ -44,14 +44,36 @@ class Row:
     group: str
     what: str
     overrides: list[str] = field(default_factory=list)
-    post: str | None = None  # tta_flip | tta_flip_crops | pca64 | ensemble2
+    post: str | None = None  # imagenet | tta_flip | tta_flip_crops | pca64 | ensemble2
 
 
 LITE2 = "lite2_gap_imagenet"
 ROWS: list[Row] = [
     Row("base", "base", "GAP neck, LN→BN, CosFace s32 m0.3, full FC, joint training"),
-    Row("neck_flatten", "neck", "flatten neck", ["model.neck=flatten"]),
-    Row("neck_squeeze", "neck", "squeeze neck (1×1 conv to C/4, flatten)", ["model.neck=squeeze"]),
+    Row(
+        "imagenet_only",
+        "base",
+        "no training: ImageNet Lite0 GAP features (1280-d) at the same 128 px",
+        post="imagenet",
+    ),
+    Row(
+        "neck_flatten",
+        "neck",
+        "flatten neck (random-init Linear)",
+        ["model.neck=flatten", "train.neck_init_images=0"],
+    ),
+    Row(
+        "neck_squeeze",
+        "neck",
+        "squeeze neck: 1×1 conv to C/4, flatten (random init)",
+        ["model.neck=squeeze", "train.neck_init_images=0"],
+    ),
+    Row(
+        "gap_random_init",
+        "neck",
+        "GAP neck with a random-init Linear (no PCA start)",
+        ["train.neck_init_images=0"],
+    ),
     Row("norm_none", "norm", "no embedding norm", ["model.norm=none"]),
     Row("norm_bn", "norm", "BatchNorm only", ["model.norm=bn"]),
     Row("norm_ln", "norm", "LayerNorm only", ["model.norm=ln"]),
@@ -240,6 +262,12 @@ def post_process(row: Row, data: str, seed: int):
     from openrecog.data.datasets import csv_dataset
     from openrecog.models import fit_ensemble, fit_pca_model, load_model
 
+    if row.post == "imagenet":
+        from openrecog.config import load_config
+        from openrecog.models import create_model
+
+        size = load_config(BASE_CONFIG).model.image_size
+        return create_model("lite0_gap_imagenet", image_size=size).eval()
     model = load_model(base_artifact(data, seed))
     train_split = csv_dataset(DATA / data, split="train")
     if row.post in ("tta_flip", "tta_flip_crops"):
