@@ -347,3 +347,40 @@ def test_resume_is_exact_with_stages_mixup_alternation_and_ema(pattern_folder, t
     resumed.fit()
     expected, got = _losses(full.run_dir), _losses(tmp_path / "resumed")
     assert [got[s] for s in (4, 5, 6)] == [expected[s] for s in (4, 5, 6)]
+
+
+def test_bf16_autocast_runs_the_backbone_in_bf16(pattern_folder, tmp_path) -> None:
+    seen: list[torch.dtype] = []
+    losses = []
+    for autocast in ("none", "bf16"):
+        trainer = Trainer(tiny_config(pattern_folder, tmp_path, **{"train.autocast": autocast}))
+        hook = trainer.model.backbone.conv_stem.register_forward_hook(
+            lambda module, args, output: seen.append(output.dtype)
+        )
+        images, labels = next(_batches(trainer))
+        losses.append(trainer.train_step(images, labels))
+        hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    # Same batch, same weights: bf16 rounding changes the loss, but not wildly (random init
+    # with s=64 amplifies small cosine differences, hence the loose bound).
+    assert losses[0] != losses[1] and losses[1] == pytest.approx(losses[0], rel=0.25)
+
+
+def test_matmul_precision_is_in_force_during_training(pattern_folder, tmp_path) -> None:
+    cfg = tiny_config(pattern_folder, tmp_path, **{"train.matmul_precision": "medium"})
+    trainer = Trainer(cfg)
+    seen: list[str] = []
+    trainer.model.neck.register_forward_hook(
+        lambda *_: seen.append(torch.get_float32_matmul_precision())
+    )
+    trainer.fit()
+    assert seen and set(seen) == {"medium"}
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_head_lr_is_separate_from_the_backbone_lr(pattern_folder, tmp_path) -> None:
+    cfg = tiny_config(pattern_folder, tmp_path, **{"train.lr": 1e-4, "train.head_lr": 1e-2})
+    trainer = Trainer(cfg)
+    lrs = {g["module"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs["backbone"] == pytest.approx(1e-4)
+    assert lrs["neck"] == pytest.approx(1e-2) and lrs["head"] == pytest.approx(1e-2)
