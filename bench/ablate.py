@@ -260,7 +260,8 @@ def base_artifact(data: str, seed: int) -> Path:
 def post_process(row: Row, data: str, seed: int):
     """The model of a post-hoc row, built from the base model."""
     from openrecog.data.datasets import csv_dataset
-    from openrecog.models import fit_ensemble, fit_pca_model, load_model
+    from openrecog.models import fit_ensemble, load_model
+    from openrecog.models.pca import fit_pca_model
 
     if row.post == "imagenet":
         from openrecog.config import load_config
