@@ -168,4 +168,10 @@ def test_neck_init_from_pca_gives_orthogonal_projection(pattern_folder, tmp_path
     # Rows are principal axes scaled by one common factor: orthogonal, equal norms.
     torch.testing.assert_close(gram / gram[0, 0], torch.eye(16), rtol=0, atol=1e-3)
     with pytest.raises(ValueError, match="needs model.neck=gap"):
-        Trainer(tiny_config(pattern_folder, tmp_path, **{"train.neck_init_images": 20}))
+        Trainer(
+            tiny_config(
+                pattern_folder,
+                tmp_path,
+                **{"train.neck_init_images": 20, "model.neck": "squeeze"},
+            )
+        )

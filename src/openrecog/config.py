@@ -39,7 +39,11 @@ class ModelConfig(_Strict):
         description="start from a trained model (artifact path or shipped name, e.g. default); "
         "its architecture is used and fields set here must agree with it",
     )
-    neck: Literal["flatten", "gap", "squeeze"] = "squeeze"
+    neck: Literal["flatten", "gap", "squeeze"] = Field(
+        "gap",
+        description="gap: pooled features → projection (the ablation's best with ImageNet "
+        "weights); squeeze: 1x1 conv to C/4, flatten; flatten: whole map (largest)",
+    )
     norm: Literal["none", "bn", "ln", "ln_bn"] = "ln_bn"
     squeeze_channels: int | None = Field(
         None, ge=1, description="channels after the squeeze neck's 1x1 conv (None: C/4)"

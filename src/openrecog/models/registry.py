@@ -137,12 +137,12 @@ def _register_builtin() -> None:
     )
     register_model_config(
         "lite0_squeeze_64",
-        ModelConfig(backbone="tf_efficientnet_lite0", embedding_dim=64),
+        ModelConfig(backbone="tf_efficientnet_lite0", neck="squeeze", embedding_dim=64),
         "EfficientNet-Lite0 + squeeze neck + LN→BN, 64-d (GUIE-style compact)",
     )
     register_model_config(
         "lite2_squeeze",
-        ModelConfig(backbone="tf_efficientnet_lite2", image_size=260),
+        ModelConfig(backbone="tf_efficientnet_lite2", neck="squeeze", image_size=260),
         "EfficientNet-Lite2 (offline ImageNet) + squeeze + LN→BN, 256-d, 260 px",
     )
     for variant in ("lite0", "lite1", "lite2"):
