@@ -359,19 +359,27 @@ def _fitting_dataset(config: Path | None, data: Path | None, image_size: int, ma
     return dataset
 
 
+# Options shared by the commands that fit a PCA on training images and write an artifact.
+FitConfigOption = Annotated[
+    Path | None, typer.Option(help="fit on the training data of this experiment config")
+]
+FitDataOption = Annotated[Path | None, typer.Option(help="or: fit on the images in this folder")]
+MaxImagesOption = Annotated[int, typer.Option(min=1, help="fit on at most this many")]
+WeightsOption = Annotated[WeightsDtype, typer.Option(help="stored weights")]
+ForceOption = Annotated[bool, typer.Option("--force", help="replace an existing artifact")]
+
+
 @app.command()
 @user_errors
 def pca(
     model: Annotated[str, typer.Argument(help="model artifact folder or shipped model")],
     output: Annotated[Path, typer.Argument(help="artifact folder to write")],
     dim: Annotated[int, typer.Option(min=2, help="target embedding size")] = 64,
-    config: Annotated[
-        Path | None, typer.Option(help="fit on the training data of this experiment config")
-    ] = None,
-    data: Annotated[Path | None, typer.Option(help="or: fit on the images in this folder")] = None,
-    max_images: Annotated[int, typer.Option(min=1, help="fit on at most this many")] = 5000,
-    weights: Annotated[WeightsDtype, typer.Option(help="stored weights")] = WeightsDtype.float32,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing artifact")] = False,
+    config: FitConfigOption = None,
+    data: FitDataOption = None,
+    max_images: MaxImagesOption = 5000,
+    weights: WeightsOption = WeightsDtype.float32,
+    force: ForceOption = False,
 ) -> None:
     """Reduce a model's embedding to --dim by PCA fitted on training images (GUIE-style)."""
     from openrecog.models import EnsembleEmbedder, load_model, save_artifact
@@ -408,13 +416,11 @@ def ensemble(
     pca_dim: Annotated[
         int | None, typer.Option(min=2, help="reduce the concatenation to this size by PCA")
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="fit the PCA on the training data of this config")
-    ] = None,
-    data: Annotated[Path | None, typer.Option(help="or: fit on the images in this folder")] = None,
-    max_images: Annotated[int, typer.Option(min=1, help="fit on at most this many")] = 5000,
-    weights: Annotated[WeightsDtype, typer.Option(help="stored weights")] = WeightsDtype.float32,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing artifact")] = False,
+    config: FitConfigOption = None,
+    data: FitDataOption = None,
+    max_images: MaxImagesOption = 5000,
+    weights: WeightsOption = WeightsDtype.float32,
+    force: ForceOption = False,
 ) -> None:
     """Concatenate several models' embeddings, optionally PCA-reduced (GUIE-style ensemble).
 
