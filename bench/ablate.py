@@ -44,7 +44,7 @@ class Row:
     group: str
     what: str
     overrides: list[str] = field(default_factory=list)
-    post: str | None = None  # imagenet | tta_flip | tta_flip_crops | pca64 | ensemble2
+    post: str | None = None  # imagenet | eval160 | tta_flip | tta_flip_crops | pca64 | ensemble2
 
 
 LITE2 = "lite2_gap_imagenet"
@@ -147,6 +147,13 @@ ROWS: list[Row] = [
         "resolution",
         "28 steps at 128 px, then 12 at 160 px (eval at 160)",
         ["train.max_steps=null", "train.stages=[{steps: 28}, {steps: 12, image_size: 160}]"],
+    ),
+    Row(
+        "base_eval160",
+        "resolution",
+        "base model evaluated at 160 px (post-hoc): separates the multires fine-tune "
+        "from the larger test size",
+        post="eval160",
     ),
     Row("tta_flip", "tta", "TTA: + horizontal flip (post-hoc)", post="tta_flip"),
     Row("tta_flip_crops", "tta", "TTA: flip + 5 zoomed crops (post-hoc)", post="tta_flip_crops"),
@@ -271,6 +278,10 @@ def post_process(row: Row, data: str, seed: int):
         return create_model("lite0_gap_imagenet", image_size=size).eval()
     model = load_model(base_artifact(data, seed))
     train_split = csv_dataset(DATA / data, split="train")
+    if row.post == "eval160":
+        # A GAP neck takes any input size; only the preprocessing size changes.
+        model.config = model.config.model_copy(update={"image_size": 160})
+        return model
     if row.post in ("tta_flip", "tta_flip_crops"):
         return model.set_tta(row.post.removeprefix("tta_"))
     if row.post == "pca64":
