@@ -1,0 +1,40 @@
+"""Every row of bench/ablate.py is a valid config, so the ablation cannot rot silently."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from openrecog.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ablate_module():
+    spec = importlib.util.spec_from_file_location("ablate", ROOT / "bench" / "ablate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ablate"] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_ablation_row_is_a_valid_config_that_differs_from_the_base() -> None:
+    ablate = _ablate_module()
+    base = load_config(ablate.BASE_CONFIG, ["data.root=x"])
+    names = [row.name for row in ablate.ROWS]
+    assert names[0] == "base" and len(set(names)) == len(names)
+    for row in ablate.ROWS[1:]:
+        if row.post:
+            assert not row.overrides, row.name
+            continue
+        config = load_config(ablate.BASE_CONFIG, ["data.root=x", *row.overrides])
+        assert config != base, f"{row.name} does not change the base recipe"
+
+
+def test_table_keeps_the_prose_around_it(tmp_path) -> None:
+    ablate = _ablate_module()
+    doc = tmp_path / "ablations.md"
+    doc.write_text(f"intro\n{ablate.TABLE_START}\nold\n{ablate.TABLE_END}\noutro\n")
+    ablate.write_table(doc, "| new |\n")
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    assert "| new |" in text and "old" not in text
