@@ -363,7 +363,9 @@ def summarise(results: list[dict]) -> list[dict]:
         line: dict = {"row": row.name, "group": row.group, "what": row.what}
         for data in DATASETS:
             runs = cells.get((row.name, data), [])
-            base = cells.get(("base", data), [])
+            # Compare like with like: the base runs of the seeds this row ran with.
+            seeds = {r["seed"] for r in runs}
+            base = [r for r in cells.get(("base", data), []) if r["seed"] in seeds]
             for metric in ("map@5", "tpr@fpr=1e-03"):
                 value = mean([r[metric] for r in runs])
                 ref = mean([r[metric] for r in base])

@@ -19,6 +19,7 @@ def tiny_config(root, tmp_path, **extra):
         "data.images_per_class=2",
         "train.batch_size=8",
         "train.max_steps=6",
+        "train.schedule=cosine",
         "train.checkpoint_every=3",
         "train.keep_checkpoints=5",
         "train.log_every=1",

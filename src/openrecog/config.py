@@ -222,9 +222,9 @@ class TrainConfig(_Strict):
         description="layer-wise lr decay: backbone block i gets lr × decay^(depth − i)",
     )
     schedule: Literal["cosine", "onecycle"] = Field(
-        "cosine",
-        description="cosine: warmup then cosine to lr × min_lr_ratio; onecycle: 30% warmup "
-        "from lr/25, then cosine to lr/25/1e4 (USI)",
+        "onecycle",
+        description="onecycle: 30% warmup from lr/25, then cosine to lr/25/1e4 (USI; beat "
+        "cosine in every ablation run); cosine: warmup_steps, then cosine to lr × min_lr_ratio",
     )
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
     ema_decay: float | None = Field(
