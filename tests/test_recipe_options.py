@@ -384,3 +384,16 @@ def test_head_lr_is_separate_from_the_backbone_lr(pattern_folder, tmp_path) -> N
     lrs = {g["module"]: g["lr"] for g in trainer.optimizer.param_groups}
     assert lrs["backbone"] == pytest.approx(1e-4)
     assert lrs["neck"] == pytest.approx(1e-2) and lrs["head"] == pytest.approx(1e-2)
+
+
+def test_ema_starts_from_the_pca_initialised_neck(pattern_folder, tmp_path) -> None:
+    cfg = _gap(
+        pattern_folder,
+        tmp_path,
+        **{"model.embedding_dim": 16, "train.neck_init_images": 20, "train.ema_decay": 0.9},
+    )
+    trainer = Trainer(cfg)
+    assert trainer.neck_init["images"] == 20
+    torch.testing.assert_close(
+        trainer.ema.module.neck.fc.weight, trainer.model.neck.fc.weight.detach(), rtol=0, atol=0
+    )

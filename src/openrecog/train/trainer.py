@@ -221,16 +221,17 @@ class Trainer:
         self.total_steps = self.stages[-1].end
         self.step = 0
         self.stage: Stage | None = None
-        self.ema: ModelEmaV3 | None = None
-        if tc.ema_decay is not None:
-            # timm's warmup makes the EMA follow the weights closely early on, so short runs
-            # do not end up averaging mostly the untrained start.
-            self.ema = ModelEmaV3(self.model, decay=tc.ema_decay, use_warmup=True)
         self.neck_init: dict[str, float] = {}  # PCA start of the neck, if one was made
         if tc.neck_init_images and not resume and not config.model.init_from:
             self.neck_init = init_neck_from_pca(
                 self.model, self.train_base, tc.neck_init_images, tc.batch_size
             )
+        # After the neck's PCA start: the average begins from the weights training begins from.
+        self.ema: ModelEmaV3 | None = None
+        if tc.ema_decay is not None:
+            # timm's warmup makes the EMA follow the weights closely early on, so short runs
+            # do not end up averaging mostly the untrained start.
+            self.ema = ModelEmaV3(self.model, decay=tc.ema_decay, use_warmup=True)
         self.last_losses: dict[str, float] = {}
         self.best: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
