@@ -346,7 +346,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimisation step; returns the loss."""
         tc = self.config.train
-        stage = self.stage or self._enter_stage()
+        stage = self.stage  # kept current by __init__ and the end of each step
         phase = phase_at(tc, self.step)
         frozen = phase == "head"
         self.model.train()
@@ -456,7 +456,7 @@ class Trainer:
         )
         try:
             while self.step < self.total_steps:
-                stage = self._enter_stage()
+                stage = self.stage
                 epoch, start = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, start)
                 tick = time.perf_counter()
