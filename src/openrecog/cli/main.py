@@ -8,11 +8,11 @@ from collections.abc import Callable
 from enum import StrEnum
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
-from openrecog.config import ConfigError
+from openrecog.config import ConfigError, ModelConfig
 
 app = typer.Typer(
     help="Open-set visual recognition by metric learning: train, evaluate, register, recognize.",
@@ -269,13 +269,18 @@ class WeightsDtype(StrEnum):
     int8 = "int8"
 
 
-class TtaMode(StrEnum):
-    """Test-time augmentation of an exported model (mirrors ``openrecog.models.tta``)."""
+# Test-time augmentation modes, taken from the config schema so the two cannot drift apart.
+TtaMode = StrEnum("TtaMode", {m: m for m in get_args(ModelConfig.model_fields["tta"].annotation)})
 
-    none = "none"
-    flip = "flip"
-    crops = "crops"
-    flip_crops = "flip_crops"
+
+# Options shared by the commands that write a model artifact (and fit a PCA on images).
+FitConfigOption = Annotated[
+    Path | None, typer.Option(help="fit on the training data of this experiment config")
+]
+FitDataOption = Annotated[Path | None, typer.Option(help="or: fit on the images in this folder")]
+MaxImagesOption = Annotated[int, typer.Option(min=1, help="fit on at most this many")]
+WeightsOption = Annotated[WeightsDtype, typer.Option(help="stored weights")]
+ForceOption = Annotated[bool, typer.Option("--force", help="replace an existing artifact")]
 
 
 def _dir_size(path: Path) -> int:
@@ -311,7 +316,7 @@ def export(
         TtaMode | None,
         typer.Option(help="test-time augmentation of the exported model (default: keep)"),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing artifact")] = False,
+    force: ForceOption = False,
 ) -> None:
     """Re-save a model with compact weights and report its size and fidelity to float32."""
     from openrecog.models import load_model, save_artifact
@@ -357,16 +362,6 @@ def _fitting_dataset(config: Path | None, data: Path | None, image_size: int, ma
         step = len(dataset) / max_images
         dataset = Subset(dataset, [int(i * step) for i in range(max_images)])
     return dataset
-
-
-# Options shared by the commands that fit a PCA on training images and write an artifact.
-FitConfigOption = Annotated[
-    Path | None, typer.Option(help="fit on the training data of this experiment config")
-]
-FitDataOption = Annotated[Path | None, typer.Option(help="or: fit on the images in this folder")]
-MaxImagesOption = Annotated[int, typer.Option(min=1, help="fit on at most this many")]
-WeightsOption = Annotated[WeightsDtype, typer.Option(help="stored weights")]
-ForceOption = Annotated[bool, typer.Option("--force", help="replace an existing artifact")]
 
 
 @app.command()
