@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from machine import machine_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -337,22 +338,6 @@ def run_one(row_name: str, data: str, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------- the table (parent)
-def machine_name() -> str:
-    """CPU model and thread count (or GPU name) for the table caption."""
-    import platform
-
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-
-
 def summarise(results: list[dict]) -> list[dict]:
     """Mean over seeds per (row, data), with the change against the base row."""
     cells: dict[tuple[str, str], list[dict]] = {}

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-import torch
+from machine import machine_name
 
 from openrecog.demo import COLUMNS, run_demo
 from openrecog.eval.table import format_table
@@ -29,10 +28,7 @@ def main() -> None:
     start = time.perf_counter()
     result = run_demo(args.output, steps=args.steps, shared_data=args.data)
     minutes = (time.perf_counter() - start) / 60
-    machine = (
-        f"{platform.machine()}, {torch.get_num_threads()} CPU threads, "
-        f"torch {torch.__version__}, no GPU used"
-    )
+    machine = machine_name()
     out = ROOT / "docs" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
     record = {"machine": machine, "minutes": minutes, "steps": args.steps, **result}

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from machine import machine_name
 
 from openrecog.config import load_config
 from openrecog.data.datasets import csv_dataset
@@ -51,20 +51,6 @@ COLUMNS = [
     "ms_b32",
     "train_min",
 ]
-
-
-def machine_name() -> str:
-    """CPU model, thread count and torch version, for the table caption."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    return f"{cpu} ({platform.machine()}), {threads} CPU threads, torch {torch.__version__}"
 
 
 def model_size_mb(model: Embedder, name: str) -> float:

@@ -10,6 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ablate_module():
+    # The bench scripts import their shared helpers (bench/machine.py) as top-level modules.
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("ablate", ROOT / "bench" / "ablate.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["ablate"] = module  # dataclasses look their module up while being defined
