@@ -32,3 +32,15 @@ class VectorIndex(Protocol):
     def reset(self) -> None:
         """Remove everything."""
         ...
+
+
+@runtime_checkable
+class SerializableIndex(VectorIndex, Protocol):
+    """An index that can be stored as bytes (trained state included) and loaded back.
+
+    ``openrecog.index.index_from_bytes`` loads what :meth:`to_bytes` wrote.
+    """
+
+    def to_bytes(self) -> bytes:
+        """Serialise the index, trained state included."""
+        ...
