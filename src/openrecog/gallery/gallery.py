@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,10 @@ from safetensors.numpy import load_file, save_file
 
 from openrecog.data.datasets import DatasetError, SkippedFile, labelled_image_files
 from openrecog.data.images import ImageInput, ImageLoadError, load_image
-from openrecog.index import create_index
+from openrecog.gallery.errors import GalleryError
+from openrecog.gallery.store import ItemStore, MemoryStore, PgVectorStore
+from openrecog.index import FlatIndex, create_index, index_from_bytes
+from openrecog.index.pgvector import is_pgvector_spec, redacted_dsn
 from openrecog.models import Embedder, load_artifact, save_artifact
 from openrecog.models.artifact import CONFIG_FILE, WEIGHTS_FILE, read_artifact_config
 from openrecog.models.encoder import ImageEncoder
@@ -27,12 +29,9 @@ from openrecog.storage import read_json, recover_dir, replace_dir, sha256_file
 UNKNOWN = "unknown"
 GALLERY_FORMAT = "openrecog-gallery"
 GALLERY_VERSION = 1
+INDEX_FILE = "index.faiss"
 DEFAULT_THRESHOLD = 0.5
 MAX_LABEL_LENGTH = 256
-
-
-class GalleryError(ValueError):
-    """A gallery operation that cannot be done; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +75,17 @@ class Gallery:
         model: the embedding model (stored inside the gallery when saved).
         threshold: cosine score under which :meth:`classify` answers ``"unknown"``; defaults
             to the threshold calibrated at training time if the model carries one.
-        index: index spec (``"Flat"``).
+        index: index spec: a FAISS-style spec (``"Flat"``) keeps the items in this process
+            and saves them in the gallery folder; ``"pgvector+postgresql://user@host:port/db
+            ?table=NAME"`` keeps them in a PostgreSQL table (pgvector) shared by every
+            gallery opened on it, e.g. by several servers. The password comes from
+            ``PGPASSWORD`` or ``~/.pgpass``; one written in the spec is used but never saved.
         batch_size: images per forward pass when registering.
         device: inference device.
+
+    Raises:
+        GalleryError: a pgvector spec whose database cannot be reached or whose table does
+            not fit (another dimension, not a gallery table).
     """
 
     def __init__(
@@ -92,37 +99,54 @@ class Gallery:
         self.model = model
         self.encoder = ImageEncoder(model, batch_size=batch_size, device=device)
         self.dim = self.encoder.embedding_dim
-        self.index_spec = index
-        self.index = create_index(index, self.dim)
+        self._store: ItemStore = (
+            PgVectorStore.open(index, self.dim)
+            if is_pgvector_spec(index)
+            else MemoryStore(create_index(index, self.dim), index)
+        )
+        self.index_spec = self._store.spec  # never holds a password
+        self.index = self._store.index
         model_threshold = getattr(model, "artifact_metadata", {}).get("threshold")
         self.threshold = float(
             threshold if threshold is not None else model_threshold or DEFAULT_THRESHOLD
         )
-        self._labels: dict[int, str] = {}
-        self._sources: dict[int, str] = {}
-        self._vectors: dict[int, np.ndarray] = {}
-        self._next_id = 0
+
+    @property
+    def shared(self) -> bool:
+        """Whether the items live in a database that other processes may change too."""
+        return isinstance(self._store, PgVectorStore)
+
+    def close(self) -> None:
+        """Release the database connection of a PostgreSQL gallery (no-op otherwise)."""
+        self._store.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ contents
     def __len__(self) -> int:
-        return len(self._labels)
+        return len(self._store)
 
     def classes(self) -> dict[str, int]:
         """Registered labels with their item counts."""
-        return dict(sorted(Counter(self._labels.values()).items()))
+        return self._store.classes()
 
     def items(self) -> list[dict[str, Any]]:
         """Every item as ``{"item_id", "label", "source"}``."""
-        return [
-            {"item_id": i, "label": self._labels[i], "source": self._sources.get(i, "")}
-            for i in sorted(self._labels)
-        ]
+        return self._store.items()
 
     # ------------------------------------------------------------------ writing
     def add_embeddings(
         self, vectors: np.ndarray, labels: Sequence[str], sources: Sequence[str] | None = None
     ) -> list[int]:
-        """Add precomputed L2-normalised embeddings with their labels; returns item ids."""
+        """Add precomputed L2-normalised embeddings with their labels; returns item ids.
+
+        Ids are never reused after removal; with a PostgreSQL gallery they are allocated by
+        the database, so galleries adding at the same time never collide.
+        """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise GalleryError(f"embeddings must have shape (N, {self.dim}), got {vectors.shape}")
@@ -131,14 +155,8 @@ class Gallery:
         if not np.isfinite(vectors).all():
             raise GalleryError("embeddings contain NaN or infinity")
         clean = [validate_label(label) for label in labels]
-        ids = np.arange(self._next_id, self._next_id + len(vectors), dtype=np.int64)
-        self.index.add(vectors, ids)
-        for j, item_id in enumerate(ids.tolist()):
-            self._labels[item_id] = clean[j]
-            self._sources[item_id] = sources[j] if sources else ""
-            self._vectors[item_id] = vectors[j]
-        self._next_id += len(vectors)
-        return ids.tolist()
+        names = [str(sources[j]) if sources else "" for j in range(len(vectors))]
+        return self._store.add(vectors, clean, names)
 
     def register(self, image: ImageInput, label: str, source: str | None = None) -> int:
         """Embed one image and add it under ``label``; returns its item id.
@@ -198,38 +216,28 @@ class Gallery:
         Raises:
             GalleryError: no item has this id.
         """
-        if item_id not in self._labels:
+        if isinstance(item_id, bool) or not isinstance(item_id, int | np.integer):
+            raise GalleryError(f"no item with id {item_id!r}")
+        if not self._store.remove([int(item_id)]):
             raise GalleryError(f"no item with id {item_id}")
-        self.index.remove(np.array([item_id], dtype=np.int64))
-        del self._labels[item_id], self._vectors[item_id]
-        self._sources.pop(item_id, None)
 
     def remove_class(self, label: str) -> int:
         """Remove every item of ``label``; returns how many were removed."""
-        ids = [i for i, lab in self._labels.items() if lab == label]
-        if not ids:
+        removed = self._store.remove_label(label)
+        if not removed:
             raise GalleryError(f"no class {label!r} in the gallery")
-        for item_id in ids:
-            self.remove(item_id)
-        return len(ids)
+        return removed
 
     # ------------------------------------------------------------------ reading
     def _require_items(self) -> None:
-        if not self._labels:
+        if self._store.is_empty():
             raise GalleryError("the gallery is empty: register images first")
 
     def search_embeddings(self, queries: np.ndarray, k: int = 5) -> list[list[Hit]]:
         """Top-``k`` hits for each query embedding."""
         self._require_items()
-        scores, ids = self.index.search(queries, min(k, len(self)))
-        return [
-            [
-                Hit(self._labels[int(i)], float(s), int(i))
-                for s, i in zip(row_s, row_i, strict=False)
-                if i >= 0
-            ]
-            for row_s, row_i in zip(scores, ids, strict=False)
-        ]
+        rows = self._store.search(queries, k)
+        return [[Hit(label, score, item_id) for item_id, score, label in row] for row in rows]
 
     def search(self, image: ImageInput, k: int = 5) -> list[Hit]:
         """The ``k`` most similar registered items to ``image``, best first."""
@@ -240,6 +248,9 @@ class Gallery:
         """Nearest-neighbour label per query, or ``"unknown"`` below the threshold."""
         results = []
         for hits in self.search_embeddings(queries, k=1):
+            if not hits:  # a shared gallery emptied by another process since the check
+                results.append((UNKNOWN, -1.0))
+                continue
             best = hits[0]
             results.append((best.label if best.score >= self.threshold else UNKNOWN, best.score))
         return results
@@ -254,45 +265,66 @@ class Gallery:
         """Write the gallery (model included) to ``path`` atomically.
 
         Everything goes to a temporary folder beside ``path`` that replaces it only when
-        complete, so a crash leaves either the old gallery or the new one.
+        complete, so a crash leaves either the old gallery or the new one. A PostgreSQL
+        gallery keeps its items in the database: the folder then holds the model and a
+        manifest naming the database (without password) and the table.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             self._write_model(tmp / "model", path / "model")
-            ids = np.array(sorted(self._labels), dtype=np.int64)
-            vectors = (
-                np.stack([self._vectors[i] for i in ids.tolist()])
-                if len(ids)
-                else np.zeros((0, self.dim), np.float32)
-            )
-            save_file({"ids": ids, "embeddings": vectors}, str(tmp / "embeddings.safetensors"))
-            items = [
-                {"item_id": i, "label": self._labels[i], "source": self._sources.get(i, "")}
-                for i in ids.tolist()
-            ]
-            (tmp / "items.json").write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
-            manifest = {
-                "format": GALLERY_FORMAT,
-                "version": GALLERY_VERSION,
-                "threshold": self.threshold,
-                "index": self.index_spec,
-                "dim": self.dim,
-                "next_id": self._next_id,
-                "count": len(ids),
-                "saved_at": time.time(),
-                "sha256": {
-                    "embeddings.safetensors": sha256_file(tmp / "embeddings.safetensors"),
-                    "items.json": sha256_file(tmp / "items.json"),
-                },
-            }
+            if isinstance(self._store, MemoryStore):
+                manifest = self._write_items(tmp, self._store)
+            else:
+                manifest = self._database_manifest(self._store)
             (tmp / "gallery.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
             replace_dir(tmp, path)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return path
+
+    def _write_items(self, folder: Path, store: MemoryStore) -> dict[str, Any]:
+        ids, vectors = store.export()
+        save_file({"ids": ids, "embeddings": vectors}, str(folder / "embeddings.safetensors"))
+        items = [
+            {"item_id": i, "label": store.labels[i], "source": store.sources.get(i, "")}
+            for i in ids.tolist()
+        ]
+        (folder / "items.json").write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+        files = ["embeddings.safetensors", "items.json"]
+        if not isinstance(store.index, FlatIndex) and hasattr(store.index, "to_bytes"):
+            # Building an HNSW graph or training IVF-PQ on a large gallery takes minutes;
+            # an exact index is rebuilt from the embeddings faster than it is read.
+            (folder / INDEX_FILE).write_bytes(store.index.to_bytes())
+            files.append(INDEX_FILE)
+        return {
+            "format": GALLERY_FORMAT,
+            "version": GALLERY_VERSION,
+            "threshold": self.threshold,
+            "index": self.index_spec,
+            "dim": self.dim,
+            "next_id": store.next_id,
+            "count": len(ids),
+            "saved_at": time.time(),
+            "sha256": {name: sha256_file(folder / name) for name in files},
+        }
+
+    def _database_manifest(self, store: PgVectorStore) -> dict[str, Any]:
+        return {
+            "format": GALLERY_FORMAT,
+            "version": GALLERY_VERSION,
+            "threshold": self.threshold,
+            "index": self.index_spec,
+            "backend": "pgvector",
+            "dsn": store.index.dsn,  # already redacted by PgVectorIndex
+            "table": store.index.table,
+            "dim": self.dim,
+            "count": len(store),  # at save time only: other processes may change it
+            "saved_at": time.time(),
+            "sha256": {},
+        }
 
     def _write_model(self, target: Path, existing: Path) -> None:
         # Reuse (hard-link) the model files of the previous save when the model is the same:
@@ -309,11 +341,30 @@ class Gallery:
         save_artifact(self.model, target, metadata=getattr(self.model, "artifact_metadata", {}))
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32) -> Gallery:
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        batch_size: int = 32,
+        index: str | None = None,
+    ) -> Gallery:
         """Load a gallery saved by :meth:`save`, verifying its checksums.
 
+        A PostgreSQL gallery reconnects to its database (password from ``PGPASSWORD`` or
+        ``~/.pgpass``) and sees the table as it is now, including changes made by others.
+
+        Args:
+            path: the gallery folder.
+            device: inference device.
+            batch_size: images per forward pass when registering.
+            index: open with this index spec instead of the saved one: another FAISS spec
+                for a gallery stored in files (rebuilt from the saved embeddings), or
+                another ``pgvector+postgresql://`` spec for a PostgreSQL gallery (another
+                host name for the same database, a DSN with a password, ...).
+
         Raises:
-            GalleryError: missing, incomplete or corrupted gallery folder.
+            GalleryError: missing, incomplete or corrupted gallery folder; an ``index``
+                of the other kind; an unreachable database.
         """
         path = Path(path)
         recover_dir(path)
@@ -327,27 +378,47 @@ class Gallery:
             file = path / name
             if not file.is_file() or sha256_file(file) != digest:
                 raise GalleryError(f"{file}: missing or checksum mismatch (corrupted gallery)")
+        saved_spec = manifest.get("index", "Flat")
+        in_database = manifest.get("backend") == "pgvector" or is_pgvector_spec(saved_spec)
+        spec = index if index is not None else saved_spec
+        if is_pgvector_spec(spec) != in_database:
+            where = f"in PostgreSQL ({saved_spec})" if in_database else "in the gallery folder"
+            raise GalleryError(
+                f"{path}: the items are stored {where}; "
+                f"they cannot be opened with index {redacted_dsn(spec)!r}"
+            )
         model = load_artifact(path / "model")
         gallery = cls(
             model,
             threshold=manifest["threshold"],
-            index=manifest.get("index", "Flat"),
+            index=spec,
             device=device,
             batch_size=batch_size,
         )
+        if isinstance(gallery._store, MemoryStore):
+            gallery._read_items(path, manifest, gallery._store, reuse_index=spec == saved_spec)
+        return gallery
+
+    def _read_items(
+        self, path: Path, manifest: dict[str, Any], store: MemoryStore, reuse_index: bool
+    ) -> None:
         arrays = load_file(str(path / "embeddings.safetensors"))
         items = read_json(path / "items.json", GalleryError)
         ids, vectors = arrays["ids"], arrays["embeddings"]
-        if len(items) != len(ids) or vectors.shape != (len(ids), gallery.dim):
+        if len(items) != len(ids) or vectors.shape != (len(ids), self.dim):
             raise GalleryError(f"{path}: items and embeddings disagree (corrupted gallery)")
-        if len(ids):
-            gallery.index.add(vectors, ids)
-        for item, item_id, vector in zip(items, ids.tolist(), vectors, strict=False):
-            gallery._labels[item_id] = item["label"]
-            gallery._sources[item_id] = item.get("source", "")
-            gallery._vectors[item_id] = vector
-        gallery._next_id = int(manifest.get("next_id", int(ids.max()) + 1 if len(ids) else 0))
-        return gallery
+        next_id = int(manifest.get("next_id", int(ids.max()) + 1 if len(ids) else 0))
+        saved_index = None
+        if reuse_index and INDEX_FILE in manifest.get("sha256", {}):
+            try:
+                saved_index = index_from_bytes((path / INDEX_FILE).read_bytes())
+            except (ValueError, RuntimeError) as exc:  # FAISS reports bad data as RuntimeError
+                raise GalleryError(f"{path / INDEX_FILE}: unreadable index ({exc})") from exc
+            if saved_index.dim != self.dim or not np.array_equal(
+                np.sort(saved_index.ids()), np.sort(ids)
+            ):
+                raise GalleryError(f"{path}: saved index and items disagree (corrupted gallery)")
+        store.restore(ids, vectors, items, next_id, index=saved_index)
 
     def info(self) -> dict[str, Any]:
         """A summary: counts, threshold, dimension, model."""
