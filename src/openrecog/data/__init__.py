@@ -9,6 +9,13 @@ from openrecog.data.datasets import (
 )
 from openrecog.data.images import ImageLoadError, load_image
 from openrecog.data.samplers import ClassBalancedBatchSampler
+from openrecog.data.shards import (
+    ShardIndex,
+    ShardStream,
+    build_shard_loader,
+    write_shards,
+    write_shards_from_source,
+)
 
 __all__ = [
     "AugmentedDataset",
@@ -16,7 +23,12 @@ __all__ = [
     "DatasetError",
     "ImageListDataset",
     "ImageLoadError",
+    "ShardIndex",
+    "ShardStream",
+    "build_shard_loader",
     "csv_dataset",
     "folder_dataset",
     "load_image",
+    "write_shards",
+    "write_shards_from_source",
 ]
