@@ -289,7 +289,7 @@ def test_ema_is_what_gets_evaluated_and_saved(pattern_folder, tmp_path) -> None:
     resumed = Trainer(
         cfg,
         run_dir=tmp_path / "ema2",
-        resume=str(result.run_dir / "checkpoints" / "step_00000003.pt"),
+        resume=str(result.run_dir / "checkpoints" / "step_00000003"),
     )
     assert resumed.step == 3
 

@@ -80,7 +80,7 @@ def test_distillation_trains_projection_and_resumes(pattern_folder, tmp_path) ->
     resumed = Trainer(
         cfg,
         run_dir=tmp_path / "kd2",
-        resume=str(result.run_dir / "checkpoints" / "step_00000003.pt"),
+        resume=str(result.run_dir / "checkpoints" / "step_00000003"),
     )
     assert resumed.step == 3
 

@@ -41,7 +41,7 @@ def test_resume_gives_the_same_next_losses(pattern_folder, tmp_path) -> None:
     full = Trainer(cfg).fit()
     assert full.steps == 6
     checkpoints = list_checkpoints(full.run_dir / "checkpoints")
-    assert [p.name for p in checkpoints] == ["step_00000003.pt", "step_00000006.pt"]
+    assert [p.name for p in checkpoints] == ["step_00000003", "step_00000006"]
 
     resumed = Trainer(cfg, run_dir=tmp_path / "resumed", resume=str(checkpoints[0]))
     assert resumed.step == 3

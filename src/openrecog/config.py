@@ -96,11 +96,17 @@ class AugmentConfig(_Strict):
 class DataConfig(_Strict):
     """Where training images come from and how batches are formed."""
 
-    source: Literal["folder", "csv", "synthetic"] = "synthetic"
-    root: str | None = Field(None, description="folder root, or dataset folder with labels.csv")
+    source: Literal["folder", "csv", "synthetic", "shards"] = "synthetic"
+    root: str | None = Field(
+        None,
+        description="folder root, dataset folder with labels.csv, or (shards) the folder "
+        "written by `openrecog shards` with index.json",
+    )
     split: str = "train"
     instance_as_class: bool = Field(False, description="each image its own class (K views)")
-    views_per_instance: int = Field(2, ge=1, description="K augmented views per image/batch")
+    views_per_instance: int = Field(
+        2, ge=1, description="K augmented views per image/batch (every sample, with shards)"
+    )
     images_per_class: int = Field(2, ge=1, description="M for the class-balanced sampler")
     min_images_per_class: int = Field(1, ge=1)
     max_images_per_class: int | None = Field(
@@ -120,6 +126,9 @@ class DataConfig(_Strict):
         default_factory=list,
         description="image folders (searched recursively) added to the training data with "
         "every image its own class, shown as views_per_instance views",
+    )
+    shuffle_buffer: int = Field(
+        1000, ge=1, description="shards only: samples held per worker for shuffling the stream"
     )
     num_workers: int = Field(0, ge=0)
     augment: AugmentConfig = AugmentConfig()

@@ -69,13 +69,20 @@ def train(
     """Train an embedding model; writes runs/<name>/ with config, logs, checkpoints, best/."""
     from openrecog.config import load_config
     from openrecog.eval.table import format_table
+    from openrecog.train.distributed import shutdown_distributed
     from openrecog.train.trainer import Trainer
 
     if config is not None and "=" in config.name and not config.exists():
         overrides = [str(config), *(overrides or [])]
         config = None
     cfg = load_config(config, overrides or [])
-    result = Trainer(cfg, resume=resume).fit()
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        result = trainer.fit()
+    finally:
+        shutdown_distributed(trainer.dist)
+    if result.rank != 0:
+        return
     typer.echo(f"run folder: {result.run_dir}  (best model: {result.run_dir / 'best'})")
     if result.final_metrics:
         typer.echo(format_table([{"model": "final", **result.final_metrics}], columns=_COLUMNS))
@@ -447,6 +454,39 @@ def ensemble(
             f"on {int(stats['fit_images'])} images"
         )
     typer.echo(summary)
+
+
+@app.command()
+@user_errors
+def shards(
+    source: Annotated[Path, typer.Argument(help="class-per-folder root or folder with labels.csv")],
+    output: Annotated[Path, typer.Argument(help="folder for shard-*.tar and index.json")],
+    split: Annotated[str, typer.Option(help="labels.csv split to pack ('' for all)")] = "",
+    instance_as_class: Annotated[
+        bool, typer.Option(help="every image its own class (DocClassifier-style)")
+    ] = False,
+    max_count: Annotated[int, typer.Option(min=1, help="images per shard")] = 10_000,
+    overwrite: Annotated[bool, typer.Option(help="replace shards already in OUTPUT")] = False,
+) -> None:
+    """Pack images into webdataset tar shards for streaming training (data.source=shards)."""
+    from openrecog.data.shards import write_shards_from_source
+
+    index = write_shards_from_source(
+        source,
+        output,
+        split=split or None,
+        instance_as_class=instance_as_class,
+        max_count=max_count,
+        overwrite=overwrite,
+        progress=True,
+    )
+    for skipped in index.skipped:
+        typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    typer.echo(
+        f"{index.num_samples} images of {index.num_classes} classes in {len(index.shards)} "
+        f"shards ({index.num_skipped} skipped) → {output}; train with data.source=shards "
+        f"data.root={output}"
+    )
 
 
 @app.command()

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import distributed as dist
 from torch import nn
 
+INIT_BLOCK = 4096  # classes per initialisation block (see PartialFC._initial_centres)
+
 
 def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
     """Return ``(class_start, num_local)`` of ``rank``'s shard; the first ranks get the extra."""
@@ -145,12 +147,30 @@ class PartialFC(nn.Module):
         self.sample_rate, self.rank, self.world_size = sample_rate, rank, world_size
         self.class_start, self.num_local = shard_range(num_classes, rank, world_size)
         self.num_sample = max(1, int(sample_rate * self.num_local))
-        self.weight = nn.Parameter(torch.normal(0.0, 0.01, (self.num_local, embedding_size)))
+        init_seed = int(torch.randint(0, 2**31 - 1, ())) if seed is None else seed
+        self.weight = nn.Parameter(self._initial_centres(init_seed))
         self._generator = torch.Generator()
         if seed is None:
             self._generator.seed()
         else:
             self._generator.manual_seed(seed + rank)
+
+    def _initial_centres(self, seed: int) -> torch.Tensor:
+        """``N(0, 0.01)`` rows of this shard, equal to the same rows of any other sharding.
+
+        Each block of ``INIT_BLOCK`` classes has its own generator, so ranks draw different
+        centres (one shared stream would give every shard the same ones) and a run on N ranks
+        starts from exactly the table a single process would draw.
+        """
+        start, end = self.class_start, self.class_start + self.num_local
+        generator, parts = torch.Generator(), []
+        for block in range(start // INIT_BLOCK, (end - 1) // INIT_BLOCK + 1):
+            first = block * INIT_BLOCK
+            rows = min(INIT_BLOCK, self.num_classes - first)
+            generator.manual_seed(seed * 1_000_003 + block)
+            chunk = torch.normal(0.0, 0.01, (rows, self.embedding_size), generator=generator)
+            parts.append(chunk[max(start - first, 0) : min(end - first, rows)])
+        return torch.cat(parts)
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

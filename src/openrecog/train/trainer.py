@@ -25,6 +25,7 @@ from openrecog.config import ExperimentConfig
 from openrecog.data.datasets import AugmentedDataset
 from openrecog.data.factory import build_eval_dataset, build_train_dataset
 from openrecog.data.samplers import ClassBalancedBatchSampler
+from openrecog.data.shards import ShardIndex, build_shard_loader
 from openrecog.data.transforms import build_train_transform
 from openrecog.eval.evaluate import evaluate_model
 from openrecog.losses import build_head
@@ -39,10 +40,20 @@ from openrecog.train.checkpoint import (
     capture_rng_state,
     list_checkpoints,
     load_checkpoint,
+    load_head_shards,
     restore_rng_state,
     save_checkpoint,
 )
 from openrecog.train.distill import build_distillation, distillation_loss
+from openrecog.train.distributed import (
+    RankSliceBatchSampler,
+    average_gradients,
+    barrier,
+    broadcast_module,
+    clip_grad_norm,
+    init_distributed,
+    local_device,
+)
 from openrecog.train.mixing import mix_batch
 from openrecog.train.schedule import (
     Stage,
@@ -65,6 +76,7 @@ class TrainResult:
     best_metrics: dict[str, float] = field(default_factory=dict)
     final_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    rank: int = 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,6 +126,12 @@ def layer_decay_groups(
 class Trainer:
     """Trains an :class:`Embedder` with a margin head on a class-balanced stream of views.
 
+    Under ``torchrun`` every process is one rank: the backbone is data-parallel (each rank
+    trains on its slice of a global batch of ``world_size × train.batch_size`` and gradients
+    are averaged), the PartialFC head is model-parallel (each rank owns a shard of the class
+    centres). Rank 0 logs, evaluates and saves artifacts; checkpoints hold every rank's shard
+    and can be resumed on a different number of ranks.
+
     Args:
         config: the validated experiment config.
         run_dir: output folder (default ``<output_dir>/<name>``).
@@ -128,7 +146,8 @@ class Trainer:
     ) -> None:
         tc = config.train
         self.run_dir = Path(run_dir or Path(tc.output_dir) / tc.name)
-        self.device = resolve_device(tc.device)
+        self.dist = init_distributed(tc.device)
+        self.device = resolve_device(local_device(self.dist, tc.device))
         if tc.threads:
             torch.set_num_threads(tc.threads)
         _seed_everything(tc.seed)
@@ -145,25 +164,43 @@ class Trainer:
         self.model = self.model.to(memory_format=self.memory_format)
         pre = resolve_preprocessing(config.model)
         self.preprocessing = pre
-        self.train_base = build_train_dataset(config.data, pre["image_size"])
         self.eval_data = build_eval_dataset(config.eval, pre["image_size"])
-        # Instance-as-class: each "class" is one image, shown as K augmented views per batch.
-        per_class = config.data.images_per_class
-        if config.data.instance_as_class:
-            per_class = config.data.views_per_instance
-        self.sampler = ClassBalancedBatchSampler(
-            self.train_base.labels,
-            tc.batch_size,
-            per_class,
-            seed=tc.seed,
-            class_sampling_power=config.data.class_sampling_power,
-        )
+        world = self.dist.world_size
+        self.train_base = None
+        self.shards: ShardIndex | None = None
+        self.sampler: ClassBalancedBatchSampler | RankSliceBatchSampler | None = None
+        if config.data.source == "shards":
+            self.shards = _load_shards(config)
+            self.num_train_classes = self.shards.num_classes
+            # A stream has no epochs of its own: one "epoch" is one pass worth of views.
+            views = self.shards.num_samples * config.data.views_per_instance
+            self.steps_per_epoch = max(1, views // (tc.batch_size * world))
+        else:
+            self.train_base = build_train_dataset(config.data, pre["image_size"])
+            self.num_train_classes = len(self.train_base.class_names)
+            # Instance-as-class: each "class" is one image, shown as K augmented views per batch.
+            per_class = config.data.images_per_class
+            if config.data.instance_as_class:
+                per_class = config.data.views_per_instance
+            if world > 1:
+                _check_global_batch(tc.batch_size, per_class, world, self.num_train_classes)
+            sampler = ClassBalancedBatchSampler(
+                self.train_base.labels,
+                tc.batch_size * world,
+                per_class,
+                seed=tc.seed,
+                class_sampling_power=config.data.class_sampling_power,
+            )
+            self.sampler = sampler
+            if world > 1:
+                self.sampler = RankSliceBatchSampler(sampler, tc.batch_size, self.dist.rank, world)
+            self.steps_per_epoch = len(self.sampler)
         self._loaders: dict[int, DataLoader] = {}
         lc = config.loss
         self.head = build_head(
             lc.name,
             self.model.embedding_dim,
-            len(self.train_base.class_names),
+            self.num_train_classes,
             s=lc.s,
             m=lc.m,
             m1=lc.m1,
@@ -172,6 +209,8 @@ class Trainer:
             sample_rate=lc.sample_rate,
             easy_margin=lc.easy_margin,
             seed=tc.seed,
+            rank=self.dist.rank,
+            world_size=world,
         ).to(self.device)
         self.margin_cap: float | None = None
         if lc.margin_start is not None:
@@ -216,16 +255,21 @@ class Trainer:
         else:
             self.optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, nesterov=True)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
-        self.steps_per_epoch = len(self.sampler)
         self.stages: list[Stage] = resolve_stages(tc, pre["image_size"], self.steps_per_epoch)
         self.total_steps = self.stages[-1].end
         self.step = 0
         self.stage: Stage | None = None
         self.neck_init: dict[str, float] = {}  # PCA start of the neck, if one was made
         if tc.neck_init_images and not resume and not config.model.init_from:
+            if self.train_base is None:
+                raise ValueError("train.neck_init_images needs a listed dataset, not shards")
             self.neck_init = init_neck_from_pca(
                 self.model, self.train_base, tc.neck_init_images, tc.batch_size
             )
+        # Identical replicas from the start, whatever each rank's RNG or PCA did.
+        broadcast_module(self.model, self.dist)
+        if self.distill_proj is not None:
+            broadcast_module(self.distill_proj, self.dist)
         # After the neck's PCA start: the average begins from the weights training begins from.
         self.ema: ModelEmaV3 | None = None
         if tc.ema_decay is not None:
@@ -233,6 +277,8 @@ class Trainer:
             # do not end up averaging mostly the untrained start.
             self.ema = ModelEmaV3(self.model, decay=tc.ema_decay, use_warmup=True)
         self.last_losses: dict[str, float] = {}
+        self._writer: SummaryWriter | None = None
+        self._log = None
         self.best: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
         self._last_eval: tuple[int, dict[str, float]] = (-1, {})
@@ -273,6 +319,21 @@ class Trainer:
         if image_size not in self._loaders:
             pre, cfg = self.preprocessing, self.config.data
             transform = build_train_transform(image_size, pre["mean"], pre["std"], cfg.augment)
+            if self.shards is not None:
+                self._loaders[image_size] = build_shard_loader(
+                    self.shards,
+                    transform,
+                    self.config.train.batch_size,
+                    views=cfg.views_per_instance,
+                    shuffle_buffer=cfg.shuffle_buffer,
+                    num_workers=cfg.num_workers,
+                    seed=self.config.train.seed,
+                    rank=self.dist.rank,
+                    world_size=self.dist.world_size,
+                    start_step=self.step,
+                    pin_memory=self.device.type == "cuda",
+                )
+                return self._loaders[image_size]
             self._loaders[image_size] = DataLoader(
                 AugmentedDataset(self.train_base, transform),
                 batch_sampler=self.sampler,
@@ -285,16 +346,34 @@ class Trainer:
         return self._loaders[image_size]
 
     # ----------------------------------------------------------------- checkpoints
+    def _head_optimizer_indices(self) -> dict[int, str]:
+        """Positions of the head's parameters in the optimizer's state dict, with their names."""
+        names = {id(param): name for name, param in self.head.named_parameters()}
+        found, position = {}, 0
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                if id(param) in names:
+                    found[position] = names[id(param)]
+                position += 1
+        return found
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run bit-for-bit."""
+        """Rank 0's share of a checkpoint: everything but the head shards."""
+        optimizer = self.optimizer.state_dict()
+        head_positions = self._head_optimizer_indices()
+        optimizer["state"] = {
+            k: v for k, v in optimizer["state"].items() if k not in head_positions
+        }
         return {
             "step": self.step,
+            "world_size": self.dist.world_size,
             "model": self.model.state_dict(),
-            "head": self.head.state_dict(),
             "distill": self.distill_proj.state_dict() if self.distill_proj is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "sampler": {
+            "optimizer": optimizer,
+            "sampler": None
+            if self.sampler is None
+            else {
                 "epoch": self.step // self.steps_per_epoch,
                 "start_batch": self.step % self.steps_per_epoch,
                 "seed": self.sampler.seed,
@@ -303,6 +382,21 @@ class Trainer:
             "best": self.best,
             "history": self.history,
             "config": self.config.model_dump(mode="json"),
+        }
+
+    def shard_state_dict(self) -> dict[str, Any]:
+        """This rank's share of a checkpoint: its class centres, their optimizer state, RNG."""
+        state = self.optimizer.state_dict()["state"]
+        head_positions = self._head_optimizer_indices()
+        return {
+            "head": self.head.state_dict(),
+            "optimizer": {name: state[k] for k, name in head_positions.items() if k in state},
+            "class_start": self.head.class_start,
+            "num_local": self.head.num_local,
+            "num_classes": self.head.num_classes,
+            "rank": self.dist.rank,
+            "world_size": self.dist.world_size,
+            "rng": capture_rng_state(),
         }
 
     def _resume(self, resume: bool | str) -> None:
@@ -317,7 +411,6 @@ class Trainer:
         if state.get("config", {}).get("model") != self.config.model.model_dump(mode="json"):
             raise ValueError(f"{path}: checkpoint was made with a different model config")
         self.model.load_state_dict(state["model"])
-        self.head.load_state_dict(state["head"])
         if self.distill_proj is not None:
             if state.get("distill") is None:
                 raise ValueError(f"{path}: checkpoint was made without distillation")
@@ -326,20 +419,76 @@ class Trainer:
             if state.get("ema") is None:
                 raise ValueError(f"{path}: checkpoint was made without train.ema_decay")
             self.ema.module.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
-        restore_rng_state(state["rng"])
+        optimizer = state["optimizer"]
+        rng = state["rng"]
+        if "head" in state:  # a single-file checkpoint of an earlier version: one rank
+            self.head.load_state_dict(state["head"])
+        else:
+            head, head_optimizer, shard_rng = self._load_head_shards(path, state["step"])
+            rng = shard_rng or rng
+            positions = {name: k for k, name in self._head_optimizer_indices().items()}
+            optimizer["state"].update({positions[n]: v for n, v in head_optimizer.items()})
+            self.head.load_state_dict(head, strict="_extra_state" in head)
+        self.optimizer.load_state_dict(optimizer)
+        if self.sampler is not None and state.get("sampler"):
+            self.sampler.load_state_dict(state["sampler"])
+        restore_rng_state(rng)
         self.step = state["step"]
         self.best = state["best"]
         self.history = state["history"]
 
+    def _load_head_shards(
+        self, path: Path, step: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, dict], dict | None]:
+        """This rank's head weights, optimizer state and RNG; reshards across world sizes."""
+        shards = load_head_shards(path)
+        rank, world = self.dist.rank, self.dist.world_size
+        if len(shards) == world:
+            mine = shards[rank]
+            return mine["head"], mine["optimizer"], mine["rng"]
+        num_classes = {shard["num_classes"] for shard in shards}
+        if num_classes != {self.head.num_classes} or not hasattr(self.head, "_generator"):
+            raise ValueError(
+                f"{path}: cannot reshard a head of {sorted(num_classes)} classes from "
+                f"{len(shards)} to {world} ranks for {self.head.num_classes} classes"
+            )
+        start, count = self.head.class_start, self.head.num_local
+
+        def rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+            # Shards are contiguous class ranges in rank order: concatenating restores the
+            # full table, from which this rank cuts its new range.
+            return torch.cat(tensors)[start : start + count].clone()
+
+        head = {
+            key: rows([shard["head"][key] for shard in shards])
+            for key in shards[0]["head"]
+            if key != "_extra_state"
+        }
+        optimizer: dict[str, dict] = {}
+        for name, first in shards[0]["optimizer"].items():
+            optimizer[name] = {
+                key: (
+                    rows([shard["optimizer"][name][key] for shard in shards])
+                    if torch.is_tensor(value) and value.ndim >= 1
+                    else value
+                )
+                for key, value in first.items()
+            }
+        # The sampling stream cannot continue across a different sharding: start a fresh one.
+        self.head._generator.manual_seed(self.config.train.seed + 7919 * step + rank)
+        return head, optimizer, shards[rank]["rng"] if rank < len(shards) else None
+
     def save_checkpoint(self) -> Path:
-        """Write a checkpoint of the current step."""
+        """Write a checkpoint of the current step (every rank calls this)."""
         return save_checkpoint(
-            self.state_dict(),
+            self.state_dict() if self.dist.is_main else None,
+            self.shard_state_dict(),
             self.run_dir / "checkpoints",
             self.step,
             self.config.train.keep_checkpoints,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            barrier=lambda: barrier(self.dist),
         )
 
     # ----------------------------------------------------------------- training
@@ -410,10 +559,19 @@ class Trainer:
                 if group["module"] != "backbone":
                     for param in group["params"]:
                         param.grad = None
+        replicated = [
+            p for g in self.optimizer.param_groups if g["module"] != "head" for p in g["params"]
+        ]
+        average_gradients(replicated, self.dist)
         if tc.grad_clip:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            if self.dist.enabled:
+                clip_grad_norm(replicated, self.head.parameters(), tc.grad_clip, self.dist)
+            else:
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         self.optimizer.step()
+        # Each rank's BatchNorm saw only its slice: keep rank 0's statistics, as DDP does.
+        broadcast_module(self.model, self.dist, buffers_only=True)
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
@@ -438,32 +596,38 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to ``total_steps``, evaluating, checkpointing and keeping the best artifact."""
         tc = self.config.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(
-            yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-        )
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(
+                yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False),
+                encoding="utf-8",
+            )
         previous_precision = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision(tc.matmul_precision)
-        writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        log = open(self.run_dir / "log.jsonl", "a", encoding="utf-8")
+        self._writer = SummaryWriter(str(self.run_dir / "tensorboard")) if main else None
+        self._log = open(self.run_dir / "log.jsonl", "a", encoding="utf-8") if main else None
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
             desc=tc.name,
-            disable=not tc.progress,
+            disable=not (tc.progress and main),
             unit="step",
             dynamic_ncols=True,
         )
+        final: dict[str, float] = {}
         try:
             while self.step < self.total_steps:
                 stage = self.stage
-                epoch, start = divmod(self.step, self.steps_per_epoch)
-                self.sampler.set_epoch(epoch, start)
+                if self.sampler is not None:
+                    epoch, start = divmod(self.step, self.steps_per_epoch)
+                    self.sampler.set_epoch(epoch, start)
                 tick = time.perf_counter()
                 for images, labels in self._loader(stage.image_size):
                     loss = self.train_step(images, labels)
                     now = time.perf_counter()
-                    throughput = images.shape[0] / max(now - tick, 1e-9)
+                    # Images per second of the whole job: every rank runs one slice.
+                    throughput = images.shape[0] * self.dist.world_size / max(now - tick, 1e-9)
                     tick = now
                     lr = self.optimizer.param_groups[0]["lr"]
                     bar.update(1)
@@ -476,54 +640,68 @@ class Trainer:
                             "img_per_s": throughput,
                             **self.last_losses,
                         }
-                        for key, value in record.items():
-                            if key != "step":
-                                writer.add_scalar(f"train/{key}", value, self.step)
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
+                        self._record(record, "train")
                     if self.config.eval.every and self.step % self.config.eval.every == 0:
-                        self._evaluate_and_keep(writer, log)
+                        self._evaluate_and_keep()
                     if self.step % tc.checkpoint_every == 0:
                         self.save_checkpoint()
                     if self.step >= stage.end:
                         break  # the next stage may need another loader
             # The loop may just have evaluated/checkpointed this very step: don't repeat it.
             final = (
-                self._last_eval[1]
-                if self._last_eval[0] == self.step
-                else self._evaluate_and_keep(writer, log)
+                self._last_eval[1] if self._last_eval[0] == self.step else self._evaluate_and_keep()
             )
             if self.step % tc.checkpoint_every:
                 self.save_checkpoint()
-            save_artifact(self.eval_model, self.run_dir / "last", metadata=self._metadata(final))
+            if main:
+                save_artifact(
+                    self.eval_model, self.run_dir / "last", metadata=self._metadata(final)
+                )
+            barrier(self.dist)
         finally:
             bar.close()
-            writer.close()
-            log.close()
+            if self._writer is not None:
+                self._writer.close()
+            if self._log is not None:
+                self._log.close()
             torch.set_float32_matmul_precision(previous_precision)
-        return TrainResult(self.run_dir, self.step, self.best, final, self.history)
+        return TrainResult(
+            self.run_dir, self.step, self.best, final, self.history, rank=self.dist.rank
+        )
 
-    def _evaluate_and_keep(self, writer: SummaryWriter, log) -> dict[str, float]:
+    def _record(self, record: dict[str, float], prefix: str) -> None:
+        """Append to log.jsonl and TensorBoard (rank 0 only)."""
+        if self._log is None or self._writer is None:
+            return
+        self._log.write(json.dumps(record) + "\n")
+        self._log.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                name = key.removeprefix(f"{prefix}/")
+                self._writer.add_scalar(f"{prefix}/{name}", value, self.step)
+
+    def _evaluate_and_keep(self) -> dict[str, float]:
+        """Evaluate on rank 0 (the others wait) and keep the best artifact."""
+        if not self.dist.is_main:
+            barrier(self.dist)
+            self._last_eval = (self.step, {})
+            return {}
         metrics = self.evaluate()
         self._last_eval = (self.step, metrics)
-        record = {"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}}
-        self.history.append(record)
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        for key, value in metrics.items():
-            if isinstance(value, int | float) and math.isfinite(value):
-                writer.add_scalar(f"eval/{key}", value, self.step)
+        self.history.append({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        self._record(self.history[-1], "eval")
         score = metrics.get(SELECTION_METRIC, -math.inf) if metrics else self.step
         if not self.best or score >= self.best.get(SELECTION_METRIC, -math.inf):
             self.best = {**metrics, "step": self.step}
             save_artifact(self.eval_model, self.run_dir / "best", metadata=self._metadata(metrics))
+        barrier(self.dist)
         return metrics
 
     def _metadata(self, metrics: dict[str, float]) -> dict[str, Any]:
         return {
             "run": str(self.run_dir),
             "step": self.step,
-            "train_classes": len(self.train_base.class_names),
+            "train_classes": self.num_train_classes,
             "eval": metrics,
             "threshold": metrics.get("threshold"),
         }
@@ -586,6 +764,42 @@ class _PooledFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(images).mean(dim=(2, 3)).float()
+
+
+def _load_shards(config: ExperimentConfig) -> ShardIndex:
+    """The shard index of a streaming run; options that need a listed dataset are refused."""
+    data = config.data
+    if not data.root:
+        raise ValueError("data.source=shards needs data.root=<folder with index.json>")
+    unusable = {
+        "data.extra_folders": bool(data.extra_folders),
+        "data.max_images_per_class": data.max_images_per_class is not None,
+        "data.min_images_per_class": data.min_images_per_class > 1,
+        "data.class_sampling_power": data.class_sampling_power > 0,
+    }
+    named = [key for key, used in unusable.items() if used]
+    if named:
+        raise ValueError(f"{', '.join(named)}: not available with data.source=shards")
+    if config.train.batch_size % data.views_per_instance:
+        raise ValueError(
+            f"train.batch_size={config.train.batch_size} must be a multiple of "
+            f"data.views_per_instance={data.views_per_instance} with data.source=shards"
+        )
+    return ShardIndex.load(data.root)
+
+
+def _check_global_batch(batch_size: int, per_class: int, world: int, num_classes: int) -> None:
+    """Ranks must get equal, whole class groups, or collectives would wait forever."""
+    if batch_size % per_class:
+        raise ValueError(
+            f"train.batch_size={batch_size} must be a multiple of the views/images per class "
+            f"({per_class}) when training on {world} ranks"
+        )
+    if num_classes * per_class < batch_size * world:
+        raise ValueError(
+            f"{num_classes} training classes cannot fill a global batch of {world} ranks × "
+            f"{batch_size}: lower train.batch_size or use fewer ranks"
+        )
 
 
 def _single_thread_worker(_: int) -> None:
