@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from machine import machine_name
+from markdown_table import write_between_markers
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -414,21 +415,6 @@ def markdown(table: list[dict], machine: str, seeds: list[int]) -> str:
     return caption + head + "\n".join(lines) + "\n"
 
 
-TABLE_START, TABLE_END = "<!-- ablation-table -->", "<!-- /ablation-table -->"
-
-
-def write_table(path: Path, table: str) -> None:
-    """Put ``table`` between the markers of ``path`` (the prose around it is kept)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{TABLE_START}\n{table}{TABLE_END}"
-    if TABLE_START in text and TABLE_END in text:
-        before, rest = text.split(TABLE_START, 1)
-        text = before + block + rest.split(TABLE_END, 1)[1]
-    else:
-        text = f"# Ablations\n\n{block}\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     """Run the requested rows × data sets × seeds (one child process each), write the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -498,7 +484,12 @@ def main() -> None:
             json.dumps({"machine": machine, "seeds": seeds, "runs": results}, indent=1),
             encoding="utf-8",
         )
-        write_table(OUT / "ablations.md", markdown(summarise(results), machine, seeds))
+        write_between_markers(
+            OUT / "ablations.md",
+            "ablation-table",
+            markdown(summarise(results), machine, seeds),
+            title="Ablations",
+        )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from markdown_table import write_between_markers
+
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- quality -->", "<!-- /quality -->"
 MODELS = {
     "default": "**default**",
     "default_64": "**default_64**",
@@ -47,19 +48,12 @@ def headline(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def replace_block(path: Path, table: str) -> None:
-    """Put ``table`` between the quality markers of ``path``."""
-    text = path.read_text(encoding="utf-8")
-    start, end = text.index(START), text.index(END) + len(END)
-    path.write_text(text[:start] + f"{START}\n{table}\n{END}" + text[end:], encoding="utf-8")
-
-
 def main() -> None:
     """Rewrite the headline tables."""
     rows = json.loads((ROOT / "docs" / "benchmarks" / "quality.json").read_text())["rows"]
     table = headline(rows)
     for path in (ROOT / "README.md", ROOT / "docs" / "models" / "default.md"):
-        replace_block(path, table)
+        write_between_markers(path, "quality", table)
     print(table)
 
 

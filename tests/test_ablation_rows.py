@@ -34,10 +34,15 @@ def test_every_ablation_row_is_a_valid_config_that_differs_from_the_base() -> No
 
 
 def test_table_keeps_the_prose_around_it(tmp_path) -> None:
-    ablate = _ablate_module()
+    _ablate_module()  # puts bench/ on sys.path
+    from markdown_table import write_between_markers
+
     doc = tmp_path / "ablations.md"
-    doc.write_text(f"intro\n{ablate.TABLE_START}\nold\n{ablate.TABLE_END}\noutro\n")
-    ablate.write_table(doc, "| new |\n")
+    doc.write_text("intro\n<!-- t -->\nold\n<!-- /t -->\noutro\n")
+    write_between_markers(doc, "t", "| new |\n")
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n")
     assert "| new |" in text and "old" not in text
+    fresh = tmp_path / "new.md"
+    write_between_markers(fresh, "t", "| a |", title="Title")
+    assert fresh.read_text() == "# Title\n\n<!-- t -->\n| a |\n<!-- /t -->\n"
