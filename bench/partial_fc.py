@@ -1,9 +1,10 @@
 """PartialFC at scale: peak memory per rank and samples/s, full FC vs sampled, 1 and N ranks.
 
 Usage:
-    python bench/partial_fc.py                           # 10k, 100k, 1M classes × 256-d
+    python bench/partial_fc.py                           # 10k, 100k, 1M, 10M classes × 256-d
     python bench/partial_fc.py --device cuda --ranks 1   # the GPU variant (nccl for N > 1)
     python bench/partial_fc.py --classes 10000 --steps 3 --out /tmp/pfc   # quick look
+    python bench/partial_fc.py --classes 10000000 --merge   # add rows to the existing table
 
 What one step is: the training head alone, as ``openrecog train`` runs it — per rank a batch
 of embeddings (what the backbone would produce; random, requiring grad) goes through
@@ -93,7 +94,8 @@ def _worker(rank: int, args: dict, store: str, out: str) -> None:
         world_size=ranks,
         seed=0,
     ).to(device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.05)
+    # As the trainer builds it (fused AdamW on CPU and CUDA).
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.05, fused=True)
     generator = torch.Generator().manual_seed(rank)
     batch = args["batch"]
     times = []
@@ -124,7 +126,7 @@ def _worker(rank: int, args: dict, store: str, out: str) -> None:
         "peak_bytes": peak,
         "head_bytes": peak - (0 if device.type == "cuda" else before),
         "centres_bytes": head.weight.numel() * 4,
-        "loss": float(loss),
+        "loss": float(loss.detach()),
     }
     Path(f"{out}.{rank}").write_text(json.dumps(result))
     if ranks > 1:
@@ -139,7 +141,10 @@ def run_config(args: dict) -> dict:
     )
     have = available_bytes()
     if args["device"] == "cpu" and have and need * args["ranks"] > 0.9 * have:
-        row["status"] = f"does not fit: needs ~{need * args['ranks'] / 2**30:.1f} GB"
+        row["status"] = (
+            f"does not fit: estimated {need * args['ranks'] / 2**30:.0f} GB for all ranks, "
+            f"{have / 2**30:.0f} GB free (not run)"
+        )
         return row
     with tempfile.TemporaryDirectory() as tmp:
         store, out = f"{tmp}/store", f"{tmp}/result"
@@ -173,7 +178,9 @@ def run_config(args: dict) -> dict:
 def main() -> None:
     """Run the grid and write the JSON and the Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--classes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument(
+        "--classes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000, 10_000_000]
+    )
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--sample-rates", type=float, nargs="+", default=[1.0, 0.3, 0.1])
     parser.add_argument("--dim", type=int, default=256)
@@ -183,7 +190,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep rows of the JSON that this run does not redo"
+    )
     opts = parser.parse_args()
+    suffix = "" if opts.device == "cpu" else f"_{opts.device.split(':')[0]}"
+    json_path = opts.out / f"partial_fc{suffix}.json"
+    kept = json.loads(json_path.read_text())["rows"] if opts.merge and json_path.exists() else []
     rows = []
     for classes in opts.classes:
         for ranks in opts.ranks:
@@ -201,19 +214,24 @@ def main() -> None:
                 }
                 rows.append(run_config(args))
                 print(format_table([rows[-1]], columns=COLUMNS), flush=True)
+
+    def key(row: dict) -> tuple:
+        return row["classes"], row["ranks"], -row["sample_rate"]
+
+    redone = {key(row) for row in rows}
+    rows = sorted([row for row in kept if key(row) not in redone] + rows, key=key)
     machine = machine_name()
     opts.out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if opts.device == "cpu" else f"_{opts.device.split(':')[0]}"
     payload = {
         "machine": machine,
         "settings": {k: str(v) for k, v in vars(opts).items()},
         "rows": rows,
     }
-    (opts.out / f"partial_fc{suffix}.json").write_text(json.dumps(payload, indent=2))
+    json_path.write_text(json.dumps(payload, indent=2))
     caption = (
         f"Measured by `python bench/partial_fc.py{' --device ' + opts.device if suffix else ''}` "
         f"on {machine}; {opts.dim}-d, {opts.batch} embeddings per rank and step, CosFace, "
-        f"AdamW; median of {opts.steps} steps after {opts.warmup} warm-up steps. Ranks share "
+        f"fused AdamW; median of {opts.steps} steps after {opts.warmup} warm-up steps. Ranks share "
         f"the machine's {opts.threads} threads."
     )
     table = caption + "\n\n" + format_table(rows, columns=COLUMNS)

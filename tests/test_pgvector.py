@@ -387,3 +387,31 @@ def test_file_gallery_cannot_be_opened_on_a_database(model, pg_uri: str, tmp_pat
     with pytest.raises(GalleryError, match="cannot be opened"):
         Gallery.load(path, index=pgvector_spec(pg_uri))
     assert Gallery.load(path, index="Flat").items() == gallery.items()
+
+
+def test_cli_db_start_register_classify_stop(tmp_path: Path, pattern_folder: Path) -> None:
+    from typer.testing import CliRunner
+
+    from openrecog.cli.main import app
+
+    runner = CliRunner()
+    data = tmp_path / "pgdata"
+    started = runner.invoke(app, ["db", "start", str(data), "--table", "cli_gallery"])
+    if started.exit_code != 0:
+        pytest.skip(f"local PostgreSQL cannot start: {started.output.strip()}")
+    try:
+        spec = started.output.strip().splitlines()[-1]
+        assert spec.startswith("pgvector+postgresql://") and "table=cli_gallery" in spec
+        gallery = tmp_path / "g"
+        args = ["register", str(gallery), str(pattern_folder), "--model", "lite0_gap_imagenet"]
+        done = runner.invoke(app, [*args, "--index", spec])
+        assert done.exit_code == 0, done.output
+        assert "24 items in 6 classes" in done.output
+        image = pattern_folder / "class_2" / "1.png"
+        done = runner.invoke(app, ["classify", str(gallery), str(image), "--threshold", "0"])
+        assert done.exit_code == 0 and "class_2" in done.output, done.output
+    finally:
+        stopped = runner.invoke(app, ["db", "stop", str(data)])
+    assert stopped.exit_code == 0, stopped.output
+    done = runner.invoke(app, ["info", str(gallery)])
+    assert done.exit_code == 2 and "Traceback" not in done.output  # database gone: clear error

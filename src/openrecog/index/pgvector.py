@@ -713,6 +713,12 @@ class PgVectorIndex:
             query = sql.SQL("SELECT count(*) FROM {t}").format(t=self._table)
             return int(conn.execute(query).fetchone()[0])
 
+    def disk_bytes(self) -> int:
+        """Bytes the table, its TOAST data and its indexes (HNSW included) take on disk."""
+        with self._session("measuring the table") as conn:
+            query = "SELECT pg_total_relation_size(%s::regclass)"
+            return int(conn.execute(query, (self._table.as_string(conn),)).fetchone()[0])
+
     def search_items(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float, str]]]:
         """Top-``k`` ``(id, score, label)`` per query, best first, in one round trip.
 
