@@ -254,9 +254,7 @@ class Trainer:
             # The fused kernel is one pass over each tensor instead of a dozen: on CPU it
             # makes the update of a million class centres ~8× faster (bench/partial_fc.py).
             fused = self.device.type in ("cpu", "cuda")
-            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-                groups, lr=tc.lr, fused=fused
-            )
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=tc.lr, fused=fused)
         else:
             self.optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, nesterov=True)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
