@@ -266,6 +266,94 @@ def info(gallery: Annotated[Path, typer.Argument(help="gallery folder")]) -> Non
 
 
 @app.command()
+@user_errors
+def serve(
+    gallery: Annotated[Path, typer.Argument(help="gallery folder (created if new, with --model)")],
+    host: Annotated[
+        str, typer.Option(help="interface to bind; a non-loopback one needs an API key")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OPENRECOG_API_KEY",
+            show_default=False,
+            help="key clients send in X-API-Key (prefer the OPENRECOG_API_KEY variable: "
+            "arguments are visible to other users); without one, writes are disabled",
+        ),
+    ] = None,
+    protect_reads: Annotated[
+        bool, typer.Option(help="require the key to classify, search and list too")
+    ] = False,
+    allow_unauthenticated_writes: Annotated[
+        bool, typer.Option(help="without an API key, let anyone write (loopback only)")
+    ] = False,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="largest image, in MB")] = 10.0,
+    max_batch: Annotated[int, typer.Option(min=1, max=1024, help="images per request")] = 32,
+    timeout: Annotated[
+        float, typer.Option(min=0.0, help="seconds before a request answers 503 (0: none)")
+    ] = 30.0,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="allow browser calls from this origin (repeat)")
+    ] = None,
+    save: Annotated[
+        bool, typer.Option("--save/--no-save", help="save the gallery after each write")
+    ] = True,
+    model: Annotated[str | None, typer.Option(help="model for a new gallery")] = None,
+    index: Annotated[
+        str | None,
+        typer.Option(help="index of a new gallery, or rebuild/reach an existing one"),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="classify with this threshold (not saved)")
+    ] = None,
+) -> None:
+    """Serve a gallery over HTTP: classify, search, register, with a web page at /."""
+    from openrecog.serve import ServeSettings, create_app, is_loopback_host
+
+    if not api_key and not is_loopback_host(host):
+        fail(
+            f"refusing to listen on {host} without an API key: anyone who can reach it could "
+            "change the gallery; set OPENRECOG_API_KEY (or --api-key), or bind to 127.0.0.1"
+        )
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        api_key=api_key,
+        protect_reads=protect_reads,
+        allow_unauthenticated_writes=allow_unauthenticated_writes,
+        max_upload_bytes=max(1, int(max_upload_mb * 1024 * 1024)),
+        max_batch=max_batch,
+        request_timeout_s=timeout or None,
+        cors_origins=list(cors_origin or []),
+        save_on_write=save,
+        threshold=threshold,
+    )
+    is_new = not (gallery / "gallery.json").is_file()
+    g = _open_gallery(gallery, model, threshold if is_new else None, index)
+    if is_new and save:
+        g.save(gallery)  # so that the folder is a gallery from the start
+    web = create_app(g, gallery, settings)
+
+    import uvicorn
+
+    writes = (
+        "need X-API-Key"
+        if settings.api_key
+        else "open to anyone"
+        if allow_unauthenticated_writes
+        else "disabled (no API key)"
+    )
+    typer.echo(
+        f"serving {gallery} ({len(g)} items, {len(g.classes())} classes) on "
+        f"http://{host}:{port}/ (API docs at /docs); writes {writes}",
+        err=True,
+    )
+    # One worker: the gallery lives in this process's memory.
+    uvicorn.run(web, host=host, port=port, log_level="info", server_header=False)
+
+
+@app.command()
 def models() -> None:
     """List shipped models and registered model configurations."""
     from openrecog.models import list_models, list_shipped_models
