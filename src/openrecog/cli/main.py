@@ -108,23 +108,67 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     target_far: Annotated[float, typer.Option(help="false-accept rate for the threshold")] = 1e-3,
     output: Annotated[Path | None, typer.Option("--json", help="write metrics JSON here")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="write report.html and PNG figures into this folder")
+    ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            help="training run folder whose log.jsonl curves go into the report "
+            "(default: the run of a best/ or last/ model folder)"
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model leave-one-out on class-disjoint labelled images."""
-    from openrecog.eval.evaluate import evaluate_model
+    from openrecog.eval.evaluate import embed_and_evaluate
     from openrecog.eval.table import format_table, metrics_to_json
     from openrecog.models import load_model
 
+    if run is not None:
+        if report is None:
+            raise ValueError("--run only matters with --report")
+        if not (run / "log.jsonl").is_file() and not (run.is_file() and run.suffix == ".jsonl"):
+            raise FileNotFoundError(f"no training log: {run / 'log.jsonl'} does not exist")
+    elif report is not None:
+        # A trained model is saved as runs/<name>/best or last, next to the run's log.
+        folder = Path(model)
+        if folder.name in ("best", "last") and (folder.parent / "log.jsonl").is_file():
+            run = folder.parent
     embedder = load_model(model)
     dataset = _dataset_from_path(data, split)
     if dataset.skipped:
         typer.echo(f"skipped {len(dataset.skipped)} unreadable files", err=True)
-    metrics = evaluate_model(
+    # Embedded once: the report plots the very embeddings the metrics come from.
+    embeddings, labels, metrics = embed_and_evaluate(
         embedder, dataset, batch_size=batch_size, target_far=target_far, progress=True
     )
     typer.echo(format_table([{"model": model, **metrics}], columns=_COLUMNS + ["threshold"]))
     if output:
         metrics_to_json(metrics, output)
         typer.echo(f"metrics written to {output}")
+    if report is not None:
+        from openrecog.eval.report import write_report
+
+        info: dict[str, Any] = {"split": split or "all", "target FAR": target_far}
+        backbone = getattr(getattr(embedder, "config", None), "backbone", None)
+        if backbone:
+            info["backbone"] = backbone
+        if dataset.skipped:
+            info["unreadable files skipped"] = len(dataset.skipped)
+        # Datasets store class indices; readers of the report know the classes by name.
+        names = getattr(dataset, "class_names", None)
+        path = write_report(
+            report,
+            embeddings=embeddings,
+            labels=[names[i] for i in labels] if names else labels,
+            metrics=metrics,
+            title=f"openrecog evaluation: {model} on {data.name}",
+            model_name=model,
+            data_name=f"{data} (split {split})" if split else str(data),
+            run_dir=run,
+            info=info,
+        )
+        typer.echo(f"report written to {path}")
 
 
 def _open_gallery(path: Path, model: str | None, threshold: float | None, index: str | None = None):

@@ -30,6 +30,7 @@ __all__ = [
     "calibrate_threshold",
     "evaluate_embeddings",
     "open_set_metrics",
+    "pair_scores",
     "retrieval_metrics",
     "split_gallery_queries",
     "verification_from_scores",
@@ -350,6 +351,40 @@ def _pair_scores(
     else:
         impostor = _sampled_impostor_scores(emb, codes, int(max_pairs), num_impostor_total, seed)
     return genuine, impostor, num_impostor_total
+
+
+def pair_scores(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    max_pairs: int = 5_000_000,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor pair scores of a labelled embedding set, as used by the metrics.
+
+    The pairs are exactly those of :func:`verification_metrics` and
+    :func:`evaluate_embeddings` with the same ``max_pairs`` and ``seed``: every same-label
+    pair ``i < j``, and every different-label pair, or a uniform sample of ``max_pairs`` of
+    them when there are more. Plots drawn from these scores therefore agree with the reported
+    thresholds and TPRs.
+
+    Args:
+        embeddings: ``(N, D)`` L2-normalised embeddings.
+        labels: ``(N,)`` integer or string labels.
+        max_pairs: Maximum number of impostor pairs to score.
+        seed: Seed of the impostor sampling.
+
+    Returns:
+        ``(genuine, impostor)``, two 1-D float32 arrays of dot products (either may be
+        empty).
+
+    Raises:
+        ValueError: On non-2-D embeddings, mismatched lengths, fewer than 2 samples or a
+            non-positive ``max_pairs``.
+
+    """
+    emb, codes = _validate_pairs_input(embeddings, labels)
+    genuine, impostor, _ = _pair_scores(emb, codes, max_pairs, seed)
+    return genuine, impostor
 
 
 def _num_allowed_false_accepts(fpr: float, num_impostor: int) -> int:
