@@ -464,8 +464,22 @@ def export(
         typer.Option(help="test-time augmentation of the exported model (default: keep)"),
     ] = None,
     force: ForceOption = False,
+    onnx: Annotated[
+        bool,
+        typer.Option(
+            "--onnx", help="also write model.onnx (used by default for inference, via onnxruntime)"
+        ),
+    ] = False,
+    int8_onnx: Annotated[
+        bool,
+        typer.Option("--int8-onnx", help="also write model.int8.onnx (implies --onnx)"),
+    ] = False,
 ) -> None:
-    """Re-save a model with compact weights and report its size and fidelity to float32."""
+    """Re-save a model with compact weights and report its size and fidelity to float32.
+
+    With --onnx the artifact also holds model.onnx, checked against PyTorch (refused below
+    cosine 0.9999) and recorded with its SHA-256 in config.json.
+    """
     from openrecog.models import load_model, save_artifact
     from openrecog.models.compression import embedding_min_cosine
 
@@ -485,6 +499,24 @@ def export(
         f"exported {model} -> {output} (weights {weights.value}): {_dir_size(output) / 1e6:.2f} MB"
     )
     typer.echo(f"min cosine vs float32 on 8 random images: {cosine:.5f}")
+    if onnx or int8_onnx:
+        from openrecog.models.onnx_export import add_onnx_to_artifact
+
+        try:
+            added = add_onnx_to_artifact(output, int8=int8_onnx, model=reloaded)
+        except ValueError as exc:
+            raise ValueError(f"{exc} ({output} was written without ONNX)") from exc
+        fp32 = added.fp32
+        typer.echo(
+            f"onnx: {fp32.path.name} ({fp32.bytes / 1e6:.2f} MB, opset {fp32.opset}): "
+            f"{fp32.parity.summary()}"
+        )
+        if added.int8 is not None:
+            ops = ", ".join(f"{n} {op}" for op, n in added.int8.quantized_ops.items()) or "none"
+            typer.echo(
+                f"onnx int8: {added.int8.path.name} ({added.int8.bytes / 1e6:.2f} MB, "
+                f"quantised: {ops}): {added.int8.parity.summary()}"
+            )
 
 
 def _check_fit_source(config: Path | None, data: Path | None) -> None:

@@ -82,6 +82,8 @@ class Gallery:
             ``PGPASSWORD`` or ``~/.pgpass``; one written in the spec is used but never saved.
         batch_size: images per forward pass when registering.
         device: inference device.
+        engine: inference engine of the :class:`ImageEncoder` (``auto``: onnxruntime when
+            the model's artifact has an ONNX export, else PyTorch).
 
     Raises:
         GalleryError: a pgvector spec whose database cannot be reached or whose table does
@@ -95,9 +97,10 @@ class Gallery:
         index: str = "Flat",
         batch_size: int = 32,
         device: str = "auto",
+        engine: str = "auto",
     ) -> None:
         self.model = model
-        self.encoder = ImageEncoder(model, batch_size=batch_size, device=device)
+        self.encoder = ImageEncoder(model, batch_size=batch_size, device=device, engine=engine)
         self.dim = self.encoder.embedding_dim
         self._store: ItemStore = (
             PgVectorStore.open(index, self.dim)
@@ -347,6 +350,7 @@ class Gallery:
         device: str = "auto",
         batch_size: int = 32,
         index: str | None = None,
+        engine: str = "auto",
     ) -> Gallery:
         """Load a gallery saved by :meth:`save`, verifying its checksums.
 
@@ -361,6 +365,7 @@ class Gallery:
                 for a gallery stored in files (rebuilt from the saved embeddings), or
                 another ``pgvector+postgresql://`` spec for a PostgreSQL gallery (another
                 host name for the same database, a DSN with a password, ...).
+            engine: inference engine (see :class:`Gallery`).
 
         Raises:
             GalleryError: missing, incomplete or corrupted gallery folder; an ``index``
@@ -394,6 +399,7 @@ class Gallery:
             index=spec,
             device=device,
             batch_size=batch_size,
+            engine=engine,
         )
         if isinstance(gallery._store, MemoryStore):
             gallery._read_items(path, manifest, gallery._store, reuse_index=spec == saved_spec)

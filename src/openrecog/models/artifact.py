@@ -9,6 +9,10 @@ always gives a float32 model.
 An :class:`~openrecog.models.ensemble.EnsembleEmbedder` is stored the same way, with an extra
 ``ensemble`` section (the members' configurations and the PCA size) and its weights under
 ``members.<i>.`` and ``pca.``.
+
+An artifact may also hold ONNX exports of its model (``model.onnx``, ``model.int8.onnx``),
+recorded with their SHA-256 in an ``onnx`` section of ``config.json``; see
+:mod:`openrecog.models.onnx_export` and :mod:`openrecog.models.onnx_engine`.
 """
 
 from __future__ import annotations
@@ -153,6 +157,8 @@ def load_artifact(path: str | Path, verify: bool = True) -> Embedder | EnsembleE
     """Load an :class:`Embedder` (or an ensemble of them) from an artifact directory.
 
     float16 / int8 weights are converted back to float32; the model always runs in float32.
+    The model gets ``artifact_metadata``, ``artifact_sha256`` (of the weights file),
+    ``artifact_weights_dtype`` and ``artifact_path`` (the folder, absolute).
 
     Raises:
         ArtifactError: missing files, bad JSON, checksum mismatch or weights that do not fit.
@@ -177,4 +183,7 @@ def load_artifact(path: str | Path, verify: bool = True) -> Embedder | EnsembleE
     model.artifact_metadata = config.get("metadata", {})
     model.artifact_sha256 = digest
     model.artifact_weights_dtype = weights_dtype
+    # Where the model came from, so that an inference engine can find the artifact's
+    # ONNX export (see openrecog.models.onnx_engine); absolute, as the cwd may change.
+    model.artifact_path = path.resolve()
     return model.eval()

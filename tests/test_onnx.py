@@ -1,0 +1,148 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from openrecog.cli.main import app
+from openrecog.config import ModelConfig
+from openrecog.gallery import Gallery
+from openrecog.models import ArtifactError, create_model, load_artifact, save_artifact
+from openrecog.models.artifact import CONFIG_FILE
+from openrecog.models.encoder import ImageEncoder
+from openrecog.models.onnx_engine import ONNX_FILE, ONNX_INT8_FILE, OnnxEngine
+from openrecog.models.onnx_export import MIN_PARITY_COSINE, export_onnx, parity_inputs
+from openrecog.storage import sha256_file
+from tests.conftest import draw_pattern
+
+runner = CliRunner()
+
+# timm's test_efficientnet: the EfficientNet block structure of the shipped model at a
+# fraction of the nodes, so one export takes ~5 s on two cores instead of ~15 s.
+CONFIG = ModelConfig(
+    backbone="test_efficientnet", pretrained=False, image_size=64, neck="gap", embedding_dim=32
+)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model(CONFIG, pretrained=False).eval()
+    return save_artifact(model, tmp_path_factory.mktemp("src") / "model", weights_dtype="float16")
+
+
+@pytest.fixture(scope="module")
+def exported(source, tmp_path_factory):
+    """``openrecog export SOURCE OUT --int8-onnx``: (artifact folder, CLI output)."""
+    out = tmp_path_factory.mktemp("exported") / "model"
+    result = runner.invoke(app, ["export", str(source), str(out), "--int8-onnx"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def images(n: int) -> list:
+    return [draw_pattern(kind % 6, kind) for kind in range(n)]
+
+
+def test_cli_export_prints_parity_and_records_the_files(exported) -> None:
+    out, output = exported
+    assert "onnx: model.onnx" in output and "min cosine" in output
+    assert "onnx int8: model.int8.onnx" in output and "MatMulInteger" in output
+    config = json.loads((out / CONFIG_FILE).read_text())
+    section = config["onnx"]
+    assert section["opset"] == 18 and "dynamo=True" in section["exporter"]
+    assert section["weights_sha256"] == config["weights_sha256"]
+    assert section["fp32"]["file"] == ONNX_FILE
+    assert section["fp32"]["sha256"] == sha256_file(out / ONNX_FILE)
+    assert section["int8"]["sha256"] == sha256_file(out / ONNX_INT8_FILE)
+    parity = section["fp32"]["parity"]
+    assert parity["min_cosine"] >= MIN_PARITY_COSINE and parity["max_abs_diff"] < 1e-4
+    assert parity["batch_sizes"] == [1, 2, 5] and parity["images"] == 16
+    # int8: reported, not enforced; dynamic quantisation only touches the projection.
+    assert section["int8"]["quantized_ops"] == {"MatMulInteger": 1}
+    assert 0.9 < section["int8"]["parity"]["min_cosine"] <= 1.0 + 1e-6
+    assert "onnx" not in config["metadata"]  # copied forward by other commands
+
+
+def test_dynamic_batch_gives_the_same_rows(exported) -> None:
+    out, _ = exported
+    engine = OnnxEngine(out / ONNX_FILE)
+    assert engine.embedding_dim == 32 and engine.image_size == 64
+    batch = parity_inputs(64, [0.5] * 3, [0.5] * 3, batch_sizes=[5])[1]
+    together = engine.run(batch)
+    one_by_one = np.concatenate([engine.run(batch[i : i + 1]) for i in range(5)])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="batch"):
+        engine.run(batch[:, :, :32])
+
+
+def test_encoder_picks_onnxruntime_for_an_exported_artifact(exported, source) -> None:
+    out, _ = exported
+    model = load_artifact(out)
+    auto = ImageEncoder(model, device="cpu")
+    assert auto.engine_name == "onnxruntime" and auto.embedding_dim == 32
+    torch_encoder = ImageEncoder(model, device="cpu", engine="torch")
+    assert torch_encoder.engine_name == "torch"
+    pictures = images(7)
+    np.testing.assert_allclose(auto.encode(pictures), torch_encoder.encode(pictures), atol=1e-4)
+    int8 = ImageEncoder(model, device="cpu", engine="onnx-int8")
+    assert int8.engine_name == "onnxruntime-int8"
+    cosine = (int8.encode(pictures) * torch_encoder.encode(pictures)).sum(axis=1)
+    assert cosine.min() > 0.9
+    # No ONNX in the artifact, or not from an artifact at all: PyTorch.
+    assert ImageEncoder(load_artifact(source), device="cpu").engine_name == "torch"
+    assert ImageEncoder(create_model(CONFIG, pretrained=False)).engine_name == "torch"
+    with pytest.raises(ValueError, match="no fp32 ONNX export"):
+        ImageEncoder(load_artifact(source), device="cpu", engine="onnx")
+    with pytest.raises(ValueError, match="unknown engine"):
+        ImageEncoder(model, engine="tensorrt")
+    # The graph has no TTA: a model switched to TTA after loading must not use it.
+    changed = load_artifact(out).set_tta("flip")
+    assert ImageEncoder(changed, device="cpu").engine_name == "torch"
+
+
+def test_tampered_onnx_is_refused(exported, tmp_path) -> None:
+    out, _ = exported
+    copy = shutil.copytree(out, tmp_path / "copy")
+    data = bytearray((copy / ONNX_FILE).read_bytes())
+    data[-100] ^= 0xFF
+    (copy / ONNX_FILE).write_bytes(bytes(data))
+    model = load_artifact(copy)  # the weights are intact
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        ImageEncoder(model, device="cpu")  # auto does not skip a tampered file
+    with pytest.raises(ValueError, match="pass expected_sha256"):
+        OnnxEngine(shutil.copy(copy / ONNX_FILE, tmp_path / "loose.onnx"))
+    # A recorded file that is missing (a gallery's copy keeps config + weights): PyTorch.
+    (copy / ONNX_FILE).unlink()
+    assert ImageEncoder(load_artifact(copy), device="cpu").engine_name == "torch"
+
+
+def test_gallery_on_an_exported_artifact_uses_onnxruntime(exported, pattern_folder) -> None:
+    out, _ = exported
+    gallery = Gallery(load_artifact(out), threshold=0.0, device="cpu")
+    assert gallery.encoder.engine_name == "onnxruntime"
+    report = gallery.register_folder(pattern_folder)
+    assert len(report.added) == 24
+    label, score = gallery.classify(pattern_folder / "class_2" / "1.png")
+    assert label == "class_2" and score > 0.999
+    assert Gallery(load_artifact(out), engine="torch").encoder.engine_name == "torch"
+
+
+def test_tta_runs_inside_the_graph_and_bad_parity_is_refused(tmp_path) -> None:
+    torch.manual_seed(1)
+    model = create_model(CONFIG, pretrained=False, tta="flip").eval()
+    report = export_onnx(model, tmp_path / "tta.onnx", batch_sizes=(1, 3))
+    assert report.parity.min_cosine >= MIN_PARITY_COSINE
+    # The flip really is in the graph: a flipped image embeds the same.
+    engine = OnnxEngine(report.path, expected_sha256=report.sha256)
+    batch = parity_inputs(64, [0.5] * 3, [0.5] * 3, batch_sizes=[2])[1]
+    np.testing.assert_allclose(engine.run(batch), engine.run(batch[..., ::-1]), atol=1e-5)
+    with pytest.raises(
+        ValueError, match=r"does not match PyTorch: min cosine [01]\.\d+, max abs diff"
+    ):
+        export_onnx(model, tmp_path / "strict.onnx", batch_sizes=(2,), min_cosine=1.5)
+    assert not (tmp_path / "strict.onnx").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
