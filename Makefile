@@ -23,9 +23,9 @@ test: $(STAMP)
 default-model: $(STAMP)
 	$(PY) scripts/build_stamps.py
 	$(VENV)/bin/openrecog train configs/default.yaml
-	$(VENV)/bin/openrecog export runs/default/last src/openrecog/weights/default --weights int8 --force
+	$(VENV)/bin/openrecog export runs/default/last src/openrecog/weights/default --weights int8 --force --onnx
 	$(VENV)/bin/openrecog pca runs/default/last src/openrecog/weights/default_64 --dim 64 \
-		--config configs/default.yaml --weights int8 --force
+		--config configs/default.yaml --weights int8 --force --onnx
 
 # docs/benchmarks/quality.md: needs ../shared/data (about 45 min on 2 CPU cores).
 quality: $(STAMP)

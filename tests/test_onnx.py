@@ -146,3 +146,50 @@ def test_tta_runs_inside_the_graph_and_bad_parity_is_refused(tmp_path) -> None:
         export_onnx(model, tmp_path / "strict.onnx", batch_sizes=(2,), min_cosine=1.5)
     assert not (tmp_path / "strict.onnx").exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_int8_artifact_exports_its_int8_weights_losslessly(tmp_path) -> None:
+    import onnx
+
+    from openrecog.models.onnx_export import (
+        add_onnx_to_artifact,
+        restore_float_weights,
+        store_int8_weights,
+    )
+
+    torch.manual_seed(2)
+    model = create_model(CONFIG, pretrained=False).eval()
+    folder = save_artifact(model, tmp_path / "int8", weights_dtype="int8")
+    report = add_onnx_to_artifact(folder, int8=True)
+    # Every weight the artifact stores as int8 is stored as int8 in the graph too (BatchNorm
+    # folding keeps them int8 per output channel), so the export is exact, not approximate.
+    assert report.fp32.int8_weights > 0
+    assert report.fp32.parity.max_abs_diff < 1e-5
+    graph = onnx.load(str(report.fp32.path))
+    dequantize = [n for n in graph.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dequantize) == report.fp32.int8_weights
+    # Undoing it gives back a graph without them, which dynamic quantisation can read.
+    assert restore_float_weights(graph) == report.fp32.int8_weights
+    assert not [n for n in graph.graph.node if n.op_type == "DequantizeLinear"]
+    assert report.int8.quantized_ops == {"MatMulInteger": 1}
+    # float32 weights are never int8 per channel: nothing is changed.
+    fp32 = export_onnx(model, tmp_path / "float.onnx", batch_sizes=(2,))
+    assert fp32.int8_weights == 0
+    assert store_int8_weights(onnx.load(str(fp32.path))) == 0
+
+
+def test_saved_gallery_keeps_the_onnx_export(exported, pattern_folder, tmp_path) -> None:
+    out, _ = exported
+    gallery = Gallery(load_artifact(out), threshold=0.0, device="cpu")
+    gallery.register_folder(pattern_folder)
+    gallery.save(tmp_path / "g")
+    assert (tmp_path / "g" / "model" / ONNX_FILE).is_file()
+    reloaded = Gallery.load(tmp_path / "g", device="cpu")
+    assert reloaded.encoder.engine_name == "onnxruntime"
+    assert reloaded.classify(pattern_folder / "class_3" / "0.png")[0] == "class_3"
+    reloaded.save(tmp_path / "g")  # saving again over itself keeps it too
+    assert Gallery.load(tmp_path / "g", device="cpu").encoder.engine_name == "onnxruntime"
+    # A model changed after loading is saved anew, without an ONNX file that no longer fits.
+    changed = Gallery(load_artifact(out).set_tta("flip"), device="cpu")
+    changed.save(tmp_path / "tta")
+    assert not (tmp_path / "tta" / "model" / ONNX_FILE).exists()

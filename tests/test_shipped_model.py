@@ -34,3 +34,23 @@ def test_default_model_tells_unseen_document_templates_apart() -> None:
     # Measured: shipped 0.292; same architecture with an untrained neck 0.146; ImageNet
     # lite0 GAP features 0.167.
     assert metrics["tpr@fpr=1e-02"] >= 0.25
+
+
+@pytest.mark.parametrize("name", ["default", "default_64"])
+def test_shipped_model_runs_on_its_onnx_export(name) -> None:
+    from openrecog.models.encoder import ImageEncoder
+    from openrecog.models.onnx_engine import ONNX_FILE, recorded_onnx
+    from tests.conftest import draw_pattern
+
+    record = recorded_onnx(SHIPPED_WEIGHTS_DIR / name)
+    assert record is not None and record["file"] == ONNX_FILE
+    # Stored with the artifact's int8 weights, so it costs what the weights cost.
+    assert (SHIPPED_WEIGHTS_DIR / name / ONNX_FILE).stat().st_size / 1e6 <= MAX_MB
+    assert record["int8_weights"] > 40
+    model = load_model(name)
+    onnx_encoder = ImageEncoder(model, device="cpu")
+    assert onnx_encoder.engine_name == "onnxruntime"
+    torch_encoder = ImageEncoder(model, device="cpu", engine="torch")
+    images = [draw_pattern(kind, 0, size=160) for kind in range(4)]
+    diff = abs(onnx_encoder.encode(images) - torch_encoder.encode(images)).max()
+    assert diff < 1e-5

@@ -428,6 +428,15 @@ FitDataOption = Annotated[Path | None, typer.Option(help="or: fit on the images 
 MaxImagesOption = Annotated[int, typer.Option(min=1, help="fit on at most this many")]
 WeightsOption = Annotated[WeightsDtype, typer.Option(help="stored weights")]
 ForceOption = Annotated[bool, typer.Option("--force", help="replace an existing artifact")]
+OnnxOption = Annotated[
+    bool,
+    typer.Option(
+        "--onnx", help="also write model.onnx (used by default for inference, via onnxruntime)"
+    ),
+]
+Int8OnnxOption = Annotated[
+    bool, typer.Option("--int8-onnx", help="also write model.int8.onnx (implies --onnx)")
+]
 
 
 def _dir_size(path: Path) -> int:
@@ -464,16 +473,8 @@ def export(
         typer.Option(help="test-time augmentation of the exported model (default: keep)"),
     ] = None,
     force: ForceOption = False,
-    onnx: Annotated[
-        bool,
-        typer.Option(
-            "--onnx", help="also write model.onnx (used by default for inference, via onnxruntime)"
-        ),
-    ] = False,
-    int8_onnx: Annotated[
-        bool,
-        typer.Option("--int8-onnx", help="also write model.int8.onnx (implies --onnx)"),
-    ] = False,
+    onnx: OnnxOption = False,
+    int8_onnx: Int8OnnxOption = False,
 ) -> None:
     """Re-save a model with compact weights and report its size and fidelity to float32.
 
@@ -499,24 +500,30 @@ def export(
         f"exported {model} -> {output} (weights {weights.value}): {_dir_size(output) / 1e6:.2f} MB"
     )
     typer.echo(f"min cosine vs float32 on 8 random images: {cosine:.5f}")
-    if onnx or int8_onnx:
-        from openrecog.models.onnx_export import add_onnx_to_artifact
+    _add_onnx(output, onnx, int8_onnx, reloaded)
 
-        try:
-            added = add_onnx_to_artifact(output, int8=int8_onnx, model=reloaded)
-        except ValueError as exc:
-            raise ValueError(f"{exc} ({output} was written without ONNX)") from exc
-        fp32 = added.fp32
+
+def _add_onnx(output: Path, onnx: bool, int8_onnx: bool, model: Any = None) -> None:
+    """Export the artifact at ``output`` to ONNX in place when asked, and print the parity."""
+    if not (onnx or int8_onnx):
+        return
+    from openrecog.models.onnx_export import add_onnx_to_artifact
+
+    try:
+        added = add_onnx_to_artifact(output, int8=int8_onnx, model=model)
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({output} was written without ONNX)") from exc
+    fp32 = added.fp32
+    typer.echo(
+        f"onnx: {fp32.path.name} ({fp32.bytes / 1e6:.2f} MB, opset {fp32.opset}, "
+        f"{fp32.int8_weights} weights stored as int8): {fp32.parity.summary()}"
+    )
+    if added.int8 is not None:
+        ops = ", ".join(f"{n} {op}" for op, n in added.int8.quantized_ops.items()) or "none"
         typer.echo(
-            f"onnx: {fp32.path.name} ({fp32.bytes / 1e6:.2f} MB, opset {fp32.opset}): "
-            f"{fp32.parity.summary()}"
+            f"onnx int8: {added.int8.path.name} ({added.int8.bytes / 1e6:.2f} MB, "
+            f"quantised: {ops}): {added.int8.parity.summary()}"
         )
-        if added.int8 is not None:
-            ops = ", ".join(f"{n} {op}" for op, n in added.int8.quantized_ops.items()) or "none"
-            typer.echo(
-                f"onnx int8: {added.int8.path.name} ({added.int8.bytes / 1e6:.2f} MB, "
-                f"quantised: {ops}): {added.int8.parity.summary()}"
-            )
 
 
 def _check_fit_source(config: Path | None, data: Path | None) -> None:
@@ -554,6 +561,8 @@ def pca(
     max_images: MaxImagesOption = 5000,
     weights: WeightsOption = WeightsDtype.float32,
     force: ForceOption = False,
+    onnx: OnnxOption = False,
+    int8_onnx: Int8OnnxOption = False,
 ) -> None:
     """Reduce a model's embedding to --dim by PCA fitted on training images (GUIE-style)."""
     from openrecog.models import EnsembleEmbedder, load_model, save_artifact
@@ -578,6 +587,7 @@ def pca(
         f"{model} -> {output}: {embedder.embedding_dim}-d -> {dim}-d, explained variance "
         f"{stats['explained_variance']:.3f} on {int(stats['fit_images'])} images"
     )
+    _add_onnx(output, onnx, int8_onnx)
 
 
 @app.command()

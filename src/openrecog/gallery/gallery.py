@@ -22,8 +22,14 @@ from openrecog.gallery.store import ItemStore, MemoryStore, PgVectorStore
 from openrecog.index import FlatIndex, create_index, index_from_bytes
 from openrecog.index.pgvector import is_pgvector_spec, redacted_dsn
 from openrecog.models import Embedder, load_artifact, save_artifact
-from openrecog.models.artifact import CONFIG_FILE, WEIGHTS_FILE, read_artifact_config
+from openrecog.models.artifact import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    artifact_holds_model,
+    read_artifact_config,
+)
 from openrecog.models.encoder import ImageEncoder
+from openrecog.models.onnx_engine import ONNX_VARIANTS, recorded_onnx
 from openrecog.storage import read_json, recover_dir, replace_dir, sha256_file
 
 UNKNOWN = "unknown"
@@ -330,18 +336,35 @@ class Gallery:
         }
 
     def _write_model(self, target: Path, existing: Path) -> None:
-        # Reuse (hard-link) the model files of the previous save when the model is the same:
-        # saves stay cheap while each saved gallery remains self-contained.
-        digest = getattr(self.model, "artifact_sha256", None)
-        try:
-            if digest and read_artifact_config(existing).get("weights_sha256") == digest:
-                target.mkdir()
-                for name in (CONFIG_FILE, WEIGHTS_FILE):
-                    os.link(existing / name, target / name)
+        # An unchanged model is stored as the very files it was loaded from, hard-linked
+        # where possible: saves stay cheap, each saved gallery stays self-contained, and it
+        # keeps the artifact's ONNX export (so a reloaded gallery and the server run on
+        # onnxruntime too) and its compact stored weights.
+        for source in (existing, getattr(self.model, "artifact_path", None)):
+            if source is not None and self._link_model_files(Path(source), target):
                 return
-        except (OSError, ValueError):
-            shutil.rmtree(target, ignore_errors=True)
         save_artifact(self.model, target, metadata=getattr(self.model, "artifact_metadata", {}))
+
+    def _link_model_files(self, source: Path, target: Path) -> bool:
+        """Link or copy the artifact ``source`` to ``target`` if it holds exactly our model."""
+        try:
+            # Not when e.g. its tta changed since it was loaded.
+            if not artifact_holds_model(read_artifact_config(source), self.model):
+                return False
+            names = [CONFIG_FILE, WEIGHTS_FILE]
+            for variant in ONNX_VARIANTS:
+                if (record := recorded_onnx(source, variant)) is not None:
+                    names.append(record["file"])
+            target.mkdir()
+            for name in names:
+                try:
+                    os.link(source / name, target / name)
+                except OSError:  # another file system, or links not allowed
+                    shutil.copy2(source / name, target / name)
+            return True
+        except (OSError, ValueError, KeyError, TypeError):
+            shutil.rmtree(target, ignore_errors=True)
+            return False
 
     @classmethod
     def load(

@@ -187,3 +187,18 @@ def load_artifact(path: str | Path, verify: bool = True) -> Embedder | EnsembleE
     # ONNX export (see openrecog.models.onnx_engine); absolute, as the cwd may change.
     model.artifact_path = path.resolve()
     return model.eval()
+
+
+def artifact_holds_model(config: dict[str, Any], model: Embedder | EnsembleEmbedder) -> bool:
+    """Whether the artifact ``config`` (its ``config.json``) describes exactly ``model``.
+
+    Same weights (by checksum, as loaded) and the same model configuration; a configuration
+    saved before a field existed is compared with that field at its default.
+    """
+    if config.get("weights_sha256") != getattr(model, "artifact_sha256", None):
+        return False
+    try:
+        saved = type(model.config).model_validate(config.get("model"))
+    except ValueError:
+        return False
+    return saved.model_dump(mode="json") == model.config.model_dump(mode="json")

@@ -306,7 +306,7 @@ class GalleryService:
                 "embedding_dim": self.gallery.dim,
                 "image_size": getattr(config, "image_size", None),
             },
-            engine=str(getattr(self.gallery.encoder, "engine", "torch")),
+            engine=self.gallery.encoder.engine_name,
             writes=writes,
             protect_reads=settings.protect_reads,
             persistent=self.persistent,
