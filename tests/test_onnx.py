@@ -193,3 +193,26 @@ def test_saved_gallery_keeps_the_onnx_export(exported, pattern_folder, tmp_path)
     changed = Gallery(load_artifact(out).set_tta("flip"), device="cpu")
     changed.save(tmp_path / "tta")
     assert not (tmp_path / "tta" / "model" / ONNX_FILE).exists()
+
+
+def test_pca_onnx_and_the_server_reports_its_engine(exported, pattern_folder, tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from openrecog.serve import ServeSettings, create_app
+
+    out, _ = exported
+    reduced = tmp_path / "pca"
+    args = ["pca", str(out), str(reduced), "--dim", "8", "--data", str(pattern_folder), "--onnx"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "onnx: model.onnx" in result.output
+    model = load_artifact(reduced)
+    encoder = ImageEncoder(model, device="cpu")
+    assert encoder.engine_name == "onnxruntime" and encoder.embedding_dim == 8
+    gallery = Gallery(model, threshold=0.0, device="cpu")
+    gallery.register_folder(pattern_folder)
+    client = TestClient(create_app(gallery, None, ServeSettings()))
+    assert client.get("/health").json()["engine"] == "onnxruntime"
+    picture = (pattern_folder / "class_1" / "2.png").read_bytes()
+    answer = client.post("/classify", files={"file": ("q.png", picture, "image/png")}).json()
+    assert answer["label"] == "class_1"
