@@ -7,7 +7,9 @@ Downloads ``tuxpaint-stamps-default`` with ``apt-get download`` (Debian's packag
 reachable offline-from-hubs machines; no root needed), extracts its PNG stamps (drawings and
 photos of animals, food, vehicles, plants, household objects, ... with transparency), scales
 them to at most ``--max-side`` pixels and writes ``<category>/<sub>/<name>.png`` plus
-``manifest.json`` (package, version, SHA-256, licence, file list). Licence: GPL-2 (see
+``manifest.json`` (package, version, SHA-256, licence, file list), and ``captions.csv``
+(``path,text,split``: each stamp's English description from its ``.txt`` file, the image–text
+pairs of cross-modal retrieval, one in five held out as ``test``). Licence: GPL-2 (see
 /usr/share/doc/tuxpaint-stamps-default/copyright inside the package). The images are used
 for training only and are not shipped with openrecog.
 """
@@ -15,6 +17,8 @@ for training only and are not shipped with openrecog.
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import json
 import shutil
 import subprocess
@@ -41,6 +45,38 @@ def download(workdir: Path) -> Path:
     if result.returncode != 0 or not debs:
         sys.exit(f"error: apt-get download {PACKAGE} failed: {result.stderr.strip()[-500:]}")
     return debs[0]
+
+
+def english_description(text_file: Path) -> str:
+    """The English description of a stamp: the first line of its ``.txt`` (others: ``xx.utf8=``)."""
+    for line in text_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if line and "=" not in line.split(" ", 1)[0]:
+            return line
+    return ""
+
+
+def write_captions(source: Path, written: list[str], staging: Path) -> int:
+    """``captions.csv`` (path,text,split) of the stamps that come with a description.
+
+    One pair in five (by a hash of the file name, so stable across versions) is ``test``.
+    """
+    rows = []
+    for relative in written:
+        text_file = (source / relative).with_suffix(".txt")
+        if not text_file.is_file():
+            continue
+        text = english_description(text_file)
+        if text:
+            bucket = int(hashlib.sha256(relative.encode()).hexdigest(), 16) % 5
+            rows.append(
+                {"path": relative, "text": text, "split": "test" if bucket == 0 else "train"}
+            )
+    with open(staging / "captions.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "text", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
 
 
 def main() -> None:
@@ -76,8 +112,10 @@ def main() -> None:
                 image.thumbnail((args.max_side, args.max_side), Image.Resampling.LANCZOS)
                 image.save(target, optimize=True)
             written.append(relative.as_posix())
+        captions = write_captions(source, written, staging)
         manifest = {
             "package": PACKAGE,
+            "captions": captions,
             "version": version,
             "deb_sha256": sha256_file(deb),
             "license": "GPL-2 (Debian copyright file of the package)",
@@ -88,7 +126,10 @@ def main() -> None:
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         shutil.rmtree(args.output, ignore_errors=True)
         staging.rename(args.output)
-    print(f"{len(written)} stamp images from {PACKAGE} {version} written to {args.output}")
+    print(
+        f"{len(written)} stamp images ({captions} with captions) from {PACKAGE} {version} "
+        f"written to {args.output}"
+    )
 
 
 if __name__ == "__main__":

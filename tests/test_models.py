@@ -154,6 +154,6 @@ def test_pca_model_reduces_dimension_and_round_trips(tmp_path) -> None:
     with pytest.raises(ValueError, match="pca_dim must be between"):
         create_model(
             ModelConfig(
-                backbone="lcnet_050", pretrained=False, image_size=64, embedding_dim=32, pca_dim=32
+                backbone="lcnet_050", pretrained=False, image_size=64, embedding_dim=32, pca_dim=33
             )
         )

@@ -22,8 +22,10 @@ class PCAProjection(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        if not 2 <= out_dim < in_dim:
-            raise ValueError(f"pca_dim must be between 2 and {in_dim - 1} (got {out_dim})")
+        # out_dim == in_dim is no reduction, but a learnt square projection (the image side
+        # of a cross-modal model, openrecog.models.crossmodal) is stored this way.
+        if not 2 <= out_dim <= in_dim:
+            raise ValueError(f"pca_dim must be between 2 and {in_dim} (got {out_dim})")
         self.register_buffer("mean", torch.zeros(in_dim))
         # Identity-like start: an unfitted projection keeps the first out_dim coordinates.
         self.register_buffer("components", torch.eye(out_dim, in_dim))
