@@ -228,3 +228,56 @@ def test_config_errors_are_clear(tmp_path) -> None:
         load_crossmodal_config(None, [])
     with pytest.raises(ConfigError, match="queue_sise"):
         load_crossmodal_config(None, [f"data_root={tmp_path}", "queue_sise=3"])
+
+
+def test_gallery_cli_and_server_search_by_text(trained, tmp_path) -> None:
+    import json
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from openrecog.cli.main import app
+    from openrecog.gallery import Gallery, GalleryError
+    from openrecog.models.crossmodal import load_image_side, load_text_encoder
+    from openrecog.serve import ServeSettings, create_app
+
+    trainer, result, root = trained
+    image_model = load_image_side(result.model_dir)
+    gallery = Gallery(image_model, threshold=0.0, device="cpu")
+    for kind in range(8):
+        gallery.register(root / f"k{kind}_6.png", label=f"kind{kind}")
+    # The saved image side (projection folded into the model) gives the trainer's joint space.
+    picture = draw_pattern(3, 6, size=64)
+    with torch.inference_mode():
+        joint = trainer.image.eval()(trainer.eval_transform(picture)[None])
+    np.testing.assert_allclose(gallery.encoder.encode([picture]), joint.numpy(), atol=1e-4)
+    text = load_text_encoder(result.model_dir)
+    captions = [f"a {COLOURS[k]} {SHAPES[k % 4]}" for k in range(8)]
+    np.testing.assert_allclose(
+        text.encode(captions).numpy(), trainer.text.encode(captions).numpy(), atol=1e-5
+    )
+    with pytest.raises(GalleryError, match="no text model"):
+        gallery.search_text("a red circle")
+    gallery.attach_text_encoder(text)
+    found = sum(gallery.search_text(c, k=1)[0].label == f"kind{k}" for k, c in enumerate(captions))
+    assert abs(found - 8 * result.metrics["t2i_r@1"]) <= 1  # what the evaluation measured
+    assert len(gallery.search_text("a red circle", k=20)) == 8
+    with pytest.raises(GalleryError, match="another image model"):
+        Gallery(create_model("docclassifier_lcnet050", pretrained=False)).attach_text_encoder(text)
+
+    gallery.save(tmp_path / "g")
+    runner = CliRunner()
+    args = ["search", str(tmp_path / "g"), "--text", "a red circle", "--json", "-k", "3"]
+    r = runner.invoke(app, [*args, "--text-model", str(result.model_dir)])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)) == 3
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "--text-model" in r.output and "Traceback" not in r.output
+
+    client = TestClient(create_app(gallery, None, ServeSettings()))
+    response = client.post("/search/text", json={"text": "a red circle"}, params={"k": 2})
+    assert response.status_code == 200 and len(response.json()["hits"]) == 2
+    assert client.post("/search/text", json={"text": "  "}).status_code == 422
+    plain = TestClient(create_app(Gallery.load(tmp_path / "g"), None, ServeSettings()))
+    answer = plain.post("/search/text", json={"text": "a red circle"})
+    assert answer.status_code == 404 and "--text-model" in answer.json()["detail"]

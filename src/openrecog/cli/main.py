@@ -262,14 +262,31 @@ def classify(
 @user_errors
 def search(
     gallery: Annotated[Path, typer.Argument(help="gallery folder")],
-    image: Annotated[Path, typer.Argument(help="query image")],
+    image: Annotated[Path | None, typer.Argument(help="query image")] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="number of results")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    text: Annotated[
+        str | None, typer.Option(help="search by this caption instead of an image")
+    ] = None,
+    text_model: Annotated[
+        Path | None, typer.Option(help="cross-modal model folder (openrecog crossmodal train)")
+    ] = None,
 ) -> None:
-    """Show the k most similar registered items."""
+    """Show the k registered items most similar to an image, or fitting a --text caption."""
     from openrecog.gallery import Gallery
 
-    hits = Gallery.load(gallery).search(image, k=k)
+    if (image is None) == (text is None):
+        fail("give a query image or --text, not both")
+    g = Gallery.load(gallery)
+    if text is not None:
+        if text_model is None:
+            fail("--text needs --text-model (the folder of a cross-modal model)")
+        from openrecog.models.crossmodal import load_text_encoder
+
+        g.attach_text_encoder(load_text_encoder(text_model))
+        hits = g.search_text(text, k=k)
+    else:
+        hits = g.search(image, k=k)
     if as_json:
         _echo_json([h.__dict__ for h in hits])
         return
@@ -351,6 +368,10 @@ def serve(
     threshold: Annotated[
         float | None, typer.Option(help="classify with this threshold (not saved)")
     ] = None,
+    text_model: Annotated[
+        Path | None,
+        typer.Option(help="cross-modal model folder: enables POST /search/text"),
+    ] = None,
 ) -> None:
     """Serve a gallery over HTTP: classify, search, register, with a web page at /."""
     from openrecog.serve import ServeSettings, create_app, is_loopback_host
@@ -377,6 +398,10 @@ def serve(
     g = _open_gallery(gallery, model, threshold if is_new else None, index)
     if is_new and save:
         g.save(gallery)  # so that the folder is a gallery from the start
+    if text_model is not None:
+        from openrecog.models.crossmodal import load_text_encoder
+
+        g.attach_text_encoder(load_text_encoder(text_model))
     if g.encoder.onnx_engine is not None:
         import torch
 
@@ -644,6 +669,32 @@ def ensemble(
             f"on {int(stats['fit_images'])} images"
         )
     typer.echo(summary)
+
+
+crossmodal_app = typer.Typer(help="Image-text retrieval: train a two-tower model (ALBEF ITC).")
+app.add_typer(crossmodal_app, name="crossmodal")
+
+
+@crossmodal_app.command("train")
+@user_errors
+def crossmodal_train(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (flat keys)")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides, e.g. steps=300")
+    ] = None,
+) -> None:
+    """Train image and text towers on a captions.csv folder; print held-out R@1/5/10."""
+    from openrecog.eval.table import format_table
+    from openrecog.train.crossmodal import CrossModalTrainer, load_crossmodal_config
+
+    cfg = load_crossmodal_config(config, overrides or [])
+    result = CrossModalTrainer(cfg).fit()
+    typer.echo(f"model written to {result.model_dir} (image side: {result.model_dir}/image)")
+    if result.metrics:
+        rows = [{"model": "untrained projections", **result.floor_metrics}]
+        rows.append({"model": "trained", **result.metrics})
+        keys = ["model"] + [k for k in result.metrics if k.startswith(("t2i", "i2t"))]
+        typer.echo(format_table(rows, columns=keys))
 
 
 db_app = typer.Typer(help="A local PostgreSQL with pgvector for shared galleries.")

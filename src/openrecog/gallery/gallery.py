@@ -253,6 +253,42 @@ class Gallery:
         self._require_items()
         return self.search_embeddings(self.encoder.encode([image]), k)[0]
 
+    def attach_text_encoder(self, text_encoder: Any) -> None:
+        """Let :meth:`search_text` find images by caption with a cross-modal text side.
+
+        Args:
+            text_encoder: a :class:`~openrecog.models.crossmodal.TextEncoder` (see
+                :func:`~openrecog.models.crossmodal.load_text_encoder`), trained together with
+                this gallery's image model: the gallery must have been registered with that
+                run's ``model/image``, whose embeddings are in the joint space.
+
+        Raises:
+            GalleryError: the text side belongs to another image model.
+        """
+        expected = getattr(text_encoder, "image_artifact_sha256", None)
+        if expected is None or expected != getattr(self.model, "artifact_sha256", None):
+            raise GalleryError(
+                "this text model was trained with another image model than the gallery's: "
+                "register the gallery with the image side of the same cross-modal run "
+                "(--model RUN/model/image)"
+            )
+        self.text_encoder = text_encoder
+
+    def search_text(self, text: str, k: int = 5) -> list[Hit]:
+        """The ``k`` registered items that best fit the caption ``text``, best first.
+
+        Raises:
+            GalleryError: no text encoder attached (:meth:`attach_text_encoder`), an empty
+                text, or an empty gallery.
+        """
+        encoder = getattr(self, "text_encoder", None)
+        if encoder is None:
+            raise GalleryError("no text model: attach one to search by text (--text-model)")
+        if not text.strip():
+            raise GalleryError("the text query is empty")
+        self._require_items()
+        return self.search_embeddings(encoder.encode([text]).numpy(), k)[0]
+
     def classify_embeddings(self, queries: np.ndarray) -> list[tuple[str, float]]:
         """Nearest-neighbour label per query, or ``"unknown"`` below the threshold."""
         results = []

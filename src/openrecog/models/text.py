@@ -64,8 +64,12 @@ class TextTower(nn.Module):
         path = text_model_path(name_or_path)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import transformers
         from sentence_transformers import SentenceTransformer
 
+        # Loading a 90 MB local file needs no progress bar on stderr (nor interleaved with the
+        # JSON of `openrecog search --text --json`).
+        transformers.logging.disable_progress_bar()
         try:
             self.encoder = SentenceTransformer(str(path), device="cpu")
         except Exception as exc:  # sentence-transformers raises OSError, ValueError, ...

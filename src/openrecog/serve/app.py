@@ -6,6 +6,7 @@ Endpoints (``/docs`` has the full schema):
   or JSON ``{"image": "<base64>"}``.
 - ``POST /classify/batch``, ``POST /search/batch``: up to ``max_batch`` images, multipart
   field ``files`` or JSON ``{"images": [...]}``; an unreadable image gets an ``error``.
+- ``POST /search/text`` (``?k=``): JSON ``{"text": ...}``, with a cross-modal text model.
 - ``POST /register``: multipart ``files`` + ``label``, or JSON ``{"label", "images"}``.
 - ``DELETE /items/{item_id}``, ``DELETE /classes/{label}``.
 - ``GET /classes``, ``GET /items`` (paged), ``GET /items/{item_id}/thumbnail``.
@@ -50,6 +51,7 @@ from openrecog.serve.schemas import (
     RegisterOut,
     RemoveOut,
     SearchOut,
+    TextQuery,
 )
 from openrecog.serve.service import GalleryService, gallery_error_status
 from openrecog.serve.settings import API_KEY_ENV, MAX_K, ServeSettings
@@ -245,6 +247,18 @@ def create_app(
         upload = await read_one_image(request, settings)
         deadline = request_deadline(request.scope)
         return await run_in_threadpool(service.search, upload, k_or_default(k), deadline)
+
+    @app.post(
+        "/search/text",
+        response_model=SearchOut,
+        dependencies=read,
+        responses=_errors(401, 404, 409, 422, 503),
+        tags=["recognition"],
+    )
+    async def search_text(query: TextQuery, request: Request, k: K = None) -> Any:
+        """The ``k`` registered items that best fit a caption (server started with a text model)."""
+        deadline = request_deadline(request.scope)
+        return await run_in_threadpool(service.search_text, query.text, k_or_default(k), deadline)
 
     @app.post(
         "/classify/batch",

@@ -37,6 +37,12 @@ class SearchOut(BaseModel):
     hits: list[HitOut]
 
 
+class TextQuery(BaseModel):
+    """A caption to find images for."""
+
+    text: str = Field(..., max_length=1000, description="what the image shows, in words")
+
+
 class BatchClassifyItem(BaseModel):
     """One image of a batch: its result, or why it could not be read."""
 

@@ -233,6 +233,24 @@ class GalleryService:
             raise HTTPException(400, f"{upload.name}: {errors[0]}")
         return SearchOut(hits=_hits(results[0]))
 
+    def search_text(self, text: str, k: int, deadline: Deadline) -> SearchOut:
+        """The ``k`` items that best fit a caption (needs the gallery's text encoder).
+
+        Raises:
+            HTTPException: 404 no text model served, 422 empty text, 409 empty gallery.
+        """
+        encoder = getattr(self.gallery, "text_encoder", None)
+        if encoder is None:
+            raise HTTPException(
+                404, "text search is off: start the server with --text-model RUN/model"
+            )
+        if not text.strip():
+            raise HTTPException(422, "the text is empty")
+        self._require_items()
+        vectors = encoder.encode([text]).numpy()
+        deadline.check()
+        return SearchOut(hits=_hits(self._search(vectors, k)[0]))
+
     def search_batch(self, uploads: Sequence[Upload], k: int, deadline: Deadline) -> Any:
         """The ``k`` nearest items to each of several images."""
         results, errors = self._query(uploads, k, deadline, "search")
