@@ -281,3 +281,41 @@ def test_gallery_cli_and_server_search_by_text(trained, tmp_path) -> None:
     plain = TestClient(create_app(Gallery.load(tmp_path / "g"), None, ServeSettings()))
     answer = plain.post("/search/text", json={"text": "a red circle"})
     assert answer.status_code == 404 and "--text-model" in answer.json()["detail"]
+
+
+def test_image_to_text_over_a_caption_set(trained, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from openrecog.cli.main import app
+    from openrecog.models.crossmodal import load_image_side, load_text_encoder, rank_captions
+    from openrecog.models.encoder import ImageEncoder
+
+    _, result, root = trained
+    captions = [f"a {COLOURS[k]} {SHAPES[k % 4]}" for k in range(8)]
+    encoder = ImageEncoder(load_image_side(result.model_dir), device="cpu")
+    images = [root / f"k{kind}_6.png" for kind in range(8)]
+    text = load_text_encoder(result.model_dir)
+    ranked = rank_captions(encoder.encode(images), captions, text, k=2)
+    assert len(ranked) == 8 and all(len(r) == 2 and r[0][1] >= r[1][1] for r in ranked)
+    found = sum(best[0][0] == captions[kind] for kind, best in enumerate(ranked))
+    assert abs(found - 8 * result.metrics["i2t_r@1"]) <= 1  # what the evaluation measured
+    with pytest.raises(ValueError, match="joint space"):
+        rank_captions(np.zeros((1, 5), np.float32), captions, text)
+    lines = tmp_path / "captions.txt"
+    lines.write_text("\n".join(captions), encoding="utf-8")
+    r = CliRunner().invoke(
+        app,
+        [
+            "crossmodal",
+            "describe",
+            str(images[0]),
+            "--captions",
+            str(lines),
+            "--text-model",
+            str(result.model_dir),
+            "-k",
+            "2",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert r.output.count("\t") == 4 and str(images[0]) in r.output

@@ -697,6 +697,38 @@ def crossmodal_train(
         typer.echo(format_table(rows, columns=keys))
 
 
+@crossmodal_app.command("describe")
+@user_errors
+def crossmodal_describe(
+    images: Annotated[list[Path], typer.Argument(help="images to find captions for")],
+    captions: Annotated[
+        Path, typer.Option(help="candidate captions: a captions.csv (text column) or one per line")
+    ],
+    text_model: Annotated[Path, typer.Option(help="cross-modal model folder")],
+    k: Annotated[int, typer.Option("-k", min=1, help="captions per image")] = 3,
+) -> None:
+    """Image→text: the captions of a set that best describe each image."""
+    import csv
+
+    from openrecog.models.crossmodal import load_image_side, load_text_encoder, rank_captions
+    from openrecog.models.encoder import ImageEncoder
+
+    if not captions.is_file():
+        raise FileNotFoundError(f"{captions} not found")
+    if captions.suffix == ".csv":
+        with open(captions, newline="", encoding="utf-8") as handle:
+            texts = [row["text"] for row in csv.DictReader(handle) if row.get("text")]
+    else:
+        texts = [line.strip() for line in captions.read_text("utf-8").splitlines()]
+    texts = list(dict.fromkeys(t for t in texts if t))
+    vectors = ImageEncoder(load_image_side(text_model)).encode(images)
+    ranked = rank_captions(vectors, texts, load_text_encoder(text_model), k=k)
+    for image, best in zip(images, ranked, strict=True):
+        typer.echo(str(image))
+        for rank, (text, score) in enumerate(best, 1):
+            typer.echo(f"  {rank}\t{score:.4f}\t{text}")
+
+
 db_app = typer.Typer(help="A local PostgreSQL with pgvector for shared galleries.")
 app.add_typer(db_app, name="db")
 

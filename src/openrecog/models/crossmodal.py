@@ -238,3 +238,41 @@ def load_image_side(path: str | Path) -> Embedder:
     if not isinstance(model, Embedder):
         raise ArtifactError(f"{path}: its image model is not a single embedder")
     return model
+
+
+def rank_captions(
+    image_embeddings: torch.Tensor | Any,
+    captions: Sequence[str],
+    text_encoder: TextEncoder,
+    k: int = 5,
+) -> list[list[tuple[str, float]]]:
+    """Image→text retrieval over a caption set: the ``k`` best captions for each image.
+
+    Args:
+        image_embeddings: ``(N, joint_dim)`` embeddings from the run's image side
+            (:func:`load_image_side`, e.g. through an ``ImageEncoder`` or a gallery).
+        captions: the candidate captions.
+        text_encoder: the run's text side.
+        k: captions per image.
+
+    Returns:
+        For each image, ``(caption, cosine)`` pairs, best first.
+
+    Raises:
+        ValueError: no captions, or embeddings of another size than the joint space.
+    """
+    if not captions:
+        raise ValueError("no captions to rank")
+    images = torch.as_tensor(image_embeddings, dtype=torch.float32)
+    if images.ndim != 2 or images.shape[1] != text_encoder.joint_dim:
+        raise ValueError(
+            f"image embeddings of shape {tuple(images.shape)} are not in this text model's "
+            f"{text_encoder.joint_dim}-d joint space (use the image side of the same run)"
+        )
+    texts = text_encoder.encode(list(captions))
+    scores = images @ texts.T
+    top = scores.topk(min(k, len(captions)), dim=1)
+    return [
+        [(captions[j], float(v)) for v, j in zip(values.tolist(), indices.tolist(), strict=True)]
+        for values, indices in zip(top.values, top.indices, strict=True)
+    ]
