@@ -319,3 +319,92 @@ def test_image_to_text_over_a_caption_set(trained, tmp_path) -> None:
     )
     assert r.exit_code == 0, r.output
     assert r.output.count("\t") == 4 and str(images[0]) in r.output
+
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A small local stand-in for a user's CLIP checkpoint: (config.json, weights.pt)."""
+    import json
+
+    import open_clip
+
+    root = tmp_path_factory.mktemp("clip")
+    config = root / "tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP), encoding="utf-8")
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip", pretrained=None)
+    checkpoint = root / "tiny-clip.pt"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    return config, checkpoint, model
+
+
+def test_open_clip_text_tower_from_a_local_checkpoint(tiny_clip, tmp_path) -> None:
+    import open_clip
+
+    from openrecog.models.text import TextModelError, build_text_tower
+
+    config, checkpoint, reference = tiny_clip
+    tower = build_text_tower(f"open_clip:{config}@{checkpoint}")
+    assert tower.dim == 16
+    out = tower(["a red circle", "a blue square"])
+    assert out.shape == (2, 16)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+    tokens = open_clip.get_tokenizer("tiny-clip")(["a red circle"])
+    with torch.no_grad():
+        expected = F.normalize(reference.encode_text(tokens), dim=-1)
+        torch.testing.assert_close(tower(["a red circle"]), expected)
+    tower.save(tmp_path / "saved")
+    again = build_text_tower("ignored", folder=tmp_path / "saved")
+    with torch.no_grad():
+        torch.testing.assert_close(again(["a red circle"]), expected)
+    with pytest.raises(TextModelError, match="CHECKPOINT"):
+        build_text_tower(f"open_clip:{config}")
+    with pytest.raises(TextModelError, match="not found"):
+        build_text_tower(f"open_clip:{config}@{tmp_path / 'missing.pt'}")
+    with pytest.raises(TextModelError, match="nothing is downloaded"):
+        build_text_tower("sentence-transformers/all-mpnet-base-v2")
+
+
+def test_training_an_unlocked_open_clip_tower_saves_and_reloads_it(tiny_clip, trained) -> None:
+    from openrecog.models.crossmodal import load_text_encoder
+    from openrecog.train.crossmodal import CrossModalTrainer, load_crossmodal_config
+
+    config, checkpoint, _ = tiny_clip
+    _, first, root = trained
+    cfg = load_crossmodal_config(
+        None,
+        [
+            f"data_root={root}",
+            f"image_model={root / 'image_model'}",
+            f"output_dir={root / 'runs'}",
+            "name=open_clip",
+            f"text_model=open_clip:{config}@{checkpoint}",
+            "lock_text=false",
+            "joint_dim=16",
+            "steps=3",
+            "batch_size=8",
+            "queue_size=8",
+            "eval_split=null",
+        ],
+    )
+    trainer = CrossModalTrainer(cfg, device="cpu")
+    before = {k: v.clone() for k, v in trainer.text.tower.state_dict().items()}
+    result = trainer.fit(progress=False)
+    changed = [
+        k for k, v in trainer.text.tower.state_dict().items() if not torch.equal(v, before[k])
+    ]
+    assert changed  # the text tower itself was trained
+    assert result.metrics == {}  # no held-out split
+    reloaded = load_text_encoder(result.model_dir)
+    captions = ["a red circle", "a teal striped pattern"]
+    np.testing.assert_allclose(
+        reloaded.encode(captions).numpy(), trainer.text.encode(captions).numpy(), atol=1e-5
+    )

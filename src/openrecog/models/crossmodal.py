@@ -38,7 +38,7 @@ from openrecog.models.artifact import (
     save_artifact,
 )
 from openrecog.models.embedder import Embedder
-from openrecog.models.text import TextTower
+from openrecog.models.text import TextTower, build_text_tower
 from openrecog.storage import replace_dir, sha256_file
 
 IMAGE_DIR = "image"
@@ -169,12 +169,12 @@ def save_crossmodal(
         )
         tower = text.tower.name
         if text_trained:
-            text.tower.encoder.save(str(tmp / TEXT_TOWER_DIR))
+            text.tower.save(tmp / TEXT_TOWER_DIR)
             tower = TEXT_TOWER_DIR
         config = {
             "format": FORMAT,
             "text_model": tower,
-            "max_length": text.tower.encoder.max_seq_length,
+            "max_length": text.tower.max_length,
             "joint_dim": text.joint_dim,
             "itm": text.itm is not None,
             "image_artifact_sha256": image_sha,
@@ -216,9 +216,8 @@ def load_text_encoder(path: str | Path) -> TextEncoder:
     if not weights.is_file() or sha256_file(weights) != config.get("weights_sha256"):
         raise ArtifactError(f"{weights}: missing, or checksum mismatch (file changed)")
     tower_name = config["text_model"]
-    if tower_name == TEXT_TOWER_DIR:
-        tower_name = str(path / TEXT_TOWER_DIR)
-    tower = TextTower(tower_name, max_length=int(config.get("max_length", 64)))
+    folder = path / TEXT_TOWER_DIR if tower_name == TEXT_TOWER_DIR else None
+    tower = build_text_tower(tower_name, int(config.get("max_length", 64)), folder=folder)
     encoder = TextEncoder(tower, int(config["joint_dim"]), itm=bool(config.get("itm")))
     state = load_file(str(weights))
     encoder.proj.load_state_dict({"weight": state["proj.weight"], "bias": state["proj.bias"]})

@@ -44,7 +44,7 @@ from openrecog.losses.itc import (
 from openrecog.models.crossmodal import ImageTower, TextEncoder, save_crossmodal
 from openrecog.models.embedder import Embedder, resolve_preprocessing
 from openrecog.models.registry import load_model
-from openrecog.models.text import TextTower
+from openrecog.models.text import build_text_tower
 
 
 class CrossModalConfig(BaseModel):
@@ -57,7 +57,10 @@ class CrossModalConfig(BaseModel):
     eval_split: str | None = Field("test", description="held-out pairs for R@K (None: none)")
     image_model: str = Field("default", description="image model: shipped, artifact, registry")
     image_size: int | None = Field(None, ge=32, description="override the image model's size")
-    text_model: str = Field("minilm", description="'minilm' or a sentence-transformers folder")
+    text_model: str = Field(
+        "minilm",
+        description="'minilm', a sentence-transformers folder, or open_clip:NAME@CHECKPOINT",
+    )
     max_text_length: int = Field(64, ge=8)
     joint_dim: int = Field(256, ge=8)
     lock_text: bool = Field(True, description="freeze the text tower (train its projection)")
@@ -170,7 +173,7 @@ class CrossModalTrainer:
             )
         self.caption_ids = {t: i for i, t in enumerate(dict.fromkeys(self.train_pairs.texts))}
         self.image = ImageTower(_image_embedder(cfg), cfg.joint_dim).to(self.device)
-        tower = TextTower(cfg.text_model, max_length=cfg.max_text_length)
+        tower = build_text_tower(cfg.text_model, max_length=cfg.max_text_length)
         if cfg.lock_text:
             tower.lock()
         self.text = TextEncoder(tower, cfg.joint_dim, cfg.temperature, itm=cfg.itm)
