@@ -32,6 +32,14 @@ class ModelConfig(_Strict):
     """What network maps an image to an embedding, and how images are prepared for it."""
 
     backbone: str = "tf_efficientnet_lite0"
+    backbone_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra timm.create_model arguments, e.g. {width: 32} for cp2_*, "
+        "{channels: [32, 64, 128, 256]} for resnet18, {act_layer: gelu}",
+    )
+    max_params: int | None = Field(
+        None, ge=1, description="parameter budget: building a larger model is an error"
+    )
     pretrained: bool = Field(True, description="offline ImageNet weights where available")
     checkpoint: str | None = Field(None, description="local backbone weights (.safetensors/.pth)")
     init_from: str | None = Field(
@@ -79,6 +87,12 @@ class ModelConfig(_Strict):
 class AugmentConfig(_Strict):
     """Training-time augmentation; each probability 0 turns that step off."""
 
+    preset: Literal["custom", "cp2"] = Field(
+        "custom",
+        description="custom: the keys below; cp2: the CP2 report's list (flip, padded crop, "
+        "rotation 30°, colour jitter, grayscale 0.2, affine translate 25%, perspective 0.3), "
+        "which ignores the keys below",
+    )
     random_resized_crop: bool = True
     scale: tuple[float, float] = (0.6, 1.0)
     ratio: tuple[float, float] = (0.75, 1.33)
@@ -135,9 +149,18 @@ class DataConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """The margin head over class centres."""
+    """The training head: a margin head over class centres, or (``ce``) a classifier."""
 
-    name: Literal["cosface", "arcface", "combined", "normsoftmax", "softmax"] = "cosface"
+    name: Literal["cosface", "arcface", "combined", "normsoftmax", "softmax", "ce"] = Field(
+        "cosface",
+        description="ce: closed-set classification (cross-entropy classifier on the "
+        "unnormalised embedding, top-1 accuracy in evaluation); the others: metric learning",
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="ce only")
+    hidden_dim: int | None = Field(
+        None, ge=2, description="ce only: hidden layer of the classifier (CP2: 256)"
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="ce only: classifier dropout")
     s: float | None = None
     m: float | None = None
     m1: float | None = None
@@ -296,6 +319,16 @@ class ExperimentConfig(_Strict):
             )
         if self.model.projection != "linear" and self.model.embedding_dim is None:
             raise ValueError(f"model.projection={self.model.projection} needs an embedding_dim")
+        classify = self.loss.name == "ce"
+        ce_keys = ("label_smoothing", "hidden_dim", "dropout")
+        if not classify and self.loss.model_fields_set & set(ce_keys):
+            raise ValueError(f"loss.{'/'.join(ce_keys)} only apply to loss.name=ce")
+        if classify and self.train.ema_decay is not None:
+            # The EMA averages the Embedder only; evaluating it with the live classifier
+            # would mix weights from different points of training.
+            raise ValueError("train.ema_decay is not supported with loss.name=ce")
+        if classify and self.data.instance_as_class:
+            raise ValueError("loss.name=ce classifies the data's classes; unset instance_as_class")
         return self
 
 

@@ -85,10 +85,12 @@ def train(
         return
     typer.echo(f"run folder: {result.run_dir}  (best model: {result.run_dir / 'best'})")
     if result.final_metrics:
-        typer.echo(format_table([{"model": "final", **result.final_metrics}], columns=_COLUMNS))
+        columns = _CLASSIFY_COLUMNS if "top1" in result.final_metrics else _COLUMNS
+        typer.echo(format_table([{"model": "final", **result.final_metrics}], columns=columns))
 
 
 _COLUMNS = ["model", "p@1", "map@5", "mp@5", "recall@5", "tpr@fpr=1e-03", "tpr@fpr=1e-04", "auroc"]
+_CLASSIFY_COLUMNS = ["model", "top1", "loss", "images"]  # loss.name=ce runs
 
 
 def _dataset_from_path(data: Path, split: str):
@@ -431,14 +433,35 @@ def serve(
 
 
 @app.command()
-def models() -> None:
+def models(
+    max_params: Annotated[
+        float | None,
+        typer.Option(
+            "--max-params",
+            min=1,
+            help="list only the registered configs with at most this many parameters "
+            "(e.g. 5e6), with their sizes",
+        ),
+    ] = None,
+) -> None:
     """List shipped models and registered model configurations."""
-    from openrecog.models import list_models, list_shipped_models
+    from openrecog.models import create_model, list_models, list_shipped_models
+    from openrecog.models.budget import count_parameters
 
-    shipped = list_shipped_models()
-    typer.echo("shipped (trained): " + (", ".join(shipped) if shipped else "none"))
+    if max_params is None:
+        shipped = list_shipped_models()
+        typer.echo("shipped (trained): " + (", ".join(shipped) if shipped else "none"))
+        for entry in list_models():
+            typer.echo(f"  {entry.name:<24} {entry.description}")
+        return
+    fits = 0
     for entry in list_models():
-        typer.echo(f"  {entry.name:<24} {entry.description}")
+        # Built untrained: only the architecture (backbone + neck) decides the size.
+        params = count_parameters(create_model(entry.config, pretrained=False))
+        if params <= max_params:
+            fits += 1
+            typer.echo(f"  {entry.name:<24} {params / 1e6:6.2f}M  {entry.description}")
+    typer.echo(f"{fits} registered configs within {max_params:,.0f} parameters")
 
 
 class WeightsDtype(StrEnum):

@@ -102,3 +102,49 @@ class ClassBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
         full, rest = divmod(n, self.classes_per_batch)
         sizes = [self.classes_per_batch] * full + ([rest] if rest else [])
         return [rng.choice(n, size=k, replace=False, p=self.class_probs) for k in sizes]
+
+
+class ShuffledBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Plain shuffled batches of ``batch_size`` items: one epoch is one pass over the data.
+
+    For closed-set classification, where batches need no fixed number of images per class
+    (a class-balanced batch of a 10-class set would hold at most ``10 × m`` items). Same
+    ``(index, augmentation_seed)`` items and exact-resume interface as
+    :class:`ClassBalancedBatchSampler`; the last incomplete batch is dropped.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0) -> None:
+        if num_items < batch_size:
+            raise ValueError(f"{num_items} training images cannot fill a batch of {batch_size}")
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.start_batch = 0
+
+    def __len__(self) -> int:
+        return self.num_items // self.batch_size
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order and skip its first ``start_batch`` batches (resume)."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def state_dict(self) -> dict[str, int]:
+        """What an exact resume needs."""
+        return {"epoch": self.epoch, "start_batch": self.start_batch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.seed = state["seed"]
+        self.set_epoch(state["epoch"], state["start_batch"])
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        """Yield the batches of the current epoch from ``start_batch`` on."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.num_items)
+        seeds = rng.integers(0, 2**31 - 1, size=self.num_items)
+        for b in range(self.start_batch, len(self)):
+            picks = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            yield [(int(i), int(s)) for i, s in zip(order[picks], seeds[picks], strict=True)]
+        self.start_batch = 0

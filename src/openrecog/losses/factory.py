@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from openrecog.losses.classifier import ClassifierHead
 from openrecog.losses.margin import ArcFace, CombinedMarginLoss, CosFace, NormalizedSoftmax
 from openrecog.losses.partial_fc import PartialFC
 from openrecog.losses.softmax import SoftmaxHead
 
-LOSSES: tuple[str, ...] = ("cosface", "arcface", "combined", "normsoftmax", "softmax")
+LOSSES: tuple[str, ...] = ("cosface", "arcface", "combined", "normsoftmax", "softmax", "ce")
 DEFAULT_SCALE = 64.0
 DEFAULT_MARGIN = {"cosface": 0.4, "arcface": 0.5}
 DEFAULT_COMBINED = (1.0, 0.3, 0.2)  # insightface's (m1, m2, m3) for combined margins
@@ -72,13 +73,16 @@ def build_head(
     seed: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    label_smoothing: float = 0.0,
+    hidden_dim: int | None = None,
+    dropout: float = 0.0,
 ) -> nn.Module:
     """Build the training head ``forward(embeddings, labels) -> loss`` for ``loss``.
 
     Every head also has ``logits(embeddings) -> (B, num_local)`` scores for training accuracy.
 
     Args:
-        loss: One of ``cosface | arcface | combined | normsoftmax | softmax``.
+        loss: One of ``cosface | arcface | combined | normsoftmax | softmax | ce``.
         embedding_size: Embedding dimension.
         num_classes: Number of training classes.
         s: Logit scale (default 64).
@@ -91,14 +95,23 @@ def build_head(
         seed: Seed of PartialFC's sampling generator.
         rank: This process's rank (PartialFC model parallelism).
         world_size: Number of ranks sharing the class centres.
+        label_smoothing: ``ce`` only: label smoothing of the cross-entropy.
+        hidden_dim: ``ce`` only: hidden layer of the classifier (None: one Linear).
+        dropout: ``ce`` only: dropout before the classifier's Linear layers.
 
     Returns:
-        A :class:`PartialFC` for the cosine losses, a :class:`SoftmaxHead` for ``softmax``.
+        A :class:`PartialFC` for the cosine losses, a :class:`SoftmaxHead` for ``softmax``,
+        a :class:`ClassifierHead` for ``ce`` (closed-set classification).
 
     Raises:
         ValueError: For an unknown loss or an argument the loss does not use.
 
     """
+    if loss == "ce":
+        _reject(loss, s=s, m=m, m1=m1, m2=m2, m3=m3)
+        if sample_rate != 1.0 or world_size != 1:
+            raise ValueError("loss 'ce' supports neither sampling nor several ranks")
+        return ClassifierHead(embedding_size, num_classes, hidden_dim, dropout, label_smoothing)
     if loss == "softmax":
         _reject(loss, s=s, m=m, m1=m1, m2=m2, m3=m3)
         if sample_rate != 1.0 or world_size != 1:

@@ -8,6 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from openrecog.config import ModelConfig
+
+# Registers the cp2_* backbones with timm, so timm.create_model and get_pretrained_cfg know them.
+from openrecog.models import cp2 as _cp2  # noqa: F401
+from openrecog.models.budget import check_param_budget, count_parameters
 from openrecog.models.necks import Neck
 from openrecog.models.pca import PCAProjection
 from openrecog.models.pretrained import has_offline_weights, load_offline_pretrained
@@ -32,10 +36,19 @@ class Embedder(nn.Module):
         self.config = config
         try:
             self.backbone = timm.create_model(
-                config.backbone, pretrained=False, num_classes=0, global_pool=""
+                config.backbone,
+                pretrained=False,
+                num_classes=0,
+                global_pool="",
+                **config.backbone_kwargs,
             )
         except RuntimeError as exc:  # timm raises RuntimeError for unknown names
             raise ValueError(f"unknown timm backbone {config.backbone!r}: {exc}") from exc
+        except TypeError as exc:  # an argument the architecture does not take
+            raise ValueError(
+                f"model.backbone_kwargs {config.backbone_kwargs} do not fit {config.backbone!r}: "
+                f"{exc}"
+            ) from exc
         if load_pretrained:
             if config.checkpoint:
                 load_backbone_checkpoint(self.backbone, config.checkpoint)
@@ -62,6 +75,9 @@ class Embedder(nn.Module):
         if config.pca_dim is not None:
             self.pca = PCAProjection(self.neck.out_dim, config.pca_dim)
         self.embedding_dim = self.pca.out_dim if self.pca is not None else self.neck.out_dim
+        check_param_budget(
+            count_parameters(self), config.max_params, f"model {config.backbone} + {config.neck}"
+        )
 
     @torch.no_grad()
     def _probe_features(self, image_size: int) -> tuple[int, tuple[int, int]]:

@@ -161,5 +161,30 @@ def _register_builtin() -> None:
         "DocClassifier-like: LCNet-0.5 at 128 px, squeeze + LN→BN, 256-d (no offline weights)",
     )
 
+    for name, what in CP2_DESCRIPTIONS.items():
+        register_model_config(
+            name,
+            ModelConfig(
+                backbone=name,
+                pretrained=False,
+                image_size=128,
+                neck="gap",
+                norm="bn",
+                embedding_dim=256,
+                max_params=CP2_BUDGET,
+            ),
+            f"CP2 compact CNN, {what}; gap + BN, 256-d, 128 px, under 5M parameters",
+        )
+
+
+# The CP2 report's parameter budget, and its variants as registered configs (models/cp2.py).
+CP2_BUDGET = 5_000_000
+CP2_DESCRIPTIONS = {
+    "cp2_deep": "residual stacks in sequence, trunk dropout",
+    "cp2_dropout": "cat[res1(x), res2(x)], trunk dropout",
+    "cp2_concat": "cat[res1(x), res2(x)], no trunk dropout",
+    "cp2_multilevel": "concat + multi-level projection head",
+    "cp2_dense": "concat + multi-level head + DenseNet-like sums (the report's best)",
+}
 
 _register_builtin()

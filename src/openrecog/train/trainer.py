@@ -21,12 +21,13 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from openrecog.config import ExperimentConfig
+from openrecog.config import ExperimentConfig, LossConfig
 from openrecog.data.datasets import AugmentedDataset
 from openrecog.data.factory import build_eval_dataset, build_train_dataset
-from openrecog.data.samplers import ClassBalancedBatchSampler
+from openrecog.data.samplers import ClassBalancedBatchSampler, ShuffledBatchSampler
 from openrecog.data.shards import ShardIndex, build_shard_loader
 from openrecog.data.transforms import build_train_transform
+from openrecog.eval.classify import evaluate_classifier, target_indices
 from openrecog.eval.evaluate import evaluate_model
 from openrecog.losses import build_head
 from openrecog.models import (
@@ -36,6 +37,8 @@ from openrecog.models import (
     resolve_preprocessing,
     save_artifact,
 )
+from openrecog.models.budget import check_param_budget, count_parameters
+from openrecog.models.classifier import Classifier, save_classifier_head
 from openrecog.train.checkpoint import (
     capture_rng_state,
     list_checkpoints,
@@ -65,6 +68,7 @@ from openrecog.train.schedule import (
 )
 
 SELECTION_METRIC = "map@5"
+CLASSIFY_SELECTION_METRIC = "top1"  # loss.name=ce: closed-set accuracy on the eval split
 
 
 @dataclass
@@ -168,7 +172,12 @@ class Trainer:
         world = self.dist.world_size
         self.train_base = None
         self.shards: ShardIndex | None = None
-        self.sampler: ClassBalancedBatchSampler | RankSliceBatchSampler | None = None
+        self.sampler: (
+            ClassBalancedBatchSampler | ShuffledBatchSampler | RankSliceBatchSampler | None
+        ) = None
+        self.classify = config.loss.name == "ce"
+        if self.classify and config.data.source == "shards":
+            raise ValueError("loss.name=ce needs a listed dataset (data.source folder or csv)")
         if config.data.source == "shards":
             self.shards = _load_shards(config)
             self.num_train_classes = self.shards.num_classes
@@ -184,17 +193,24 @@ class Trainer:
                 per_class = config.data.views_per_instance
             if world > 1:
                 _check_global_batch(tc.batch_size, per_class, world, self.num_train_classes)
-            sampler = ClassBalancedBatchSampler(
-                self.train_base.labels,
-                tc.batch_size * world,
-                per_class,
-                seed=tc.seed,
-                class_sampling_power=config.data.class_sampling_power,
-            )
+            if self.classify:
+                # Classification needs no fixed number of images per class in a batch.
+                sampler = ShuffledBatchSampler(len(self.train_base), tc.batch_size, tc.seed)
+            else:
+                sampler = ClassBalancedBatchSampler(
+                    self.train_base.labels,
+                    tc.batch_size * world,
+                    per_class,
+                    seed=tc.seed,
+                    class_sampling_power=config.data.class_sampling_power,
+                )
             self.sampler = sampler
             if world > 1:
                 self.sampler = RankSliceBatchSampler(sampler, tc.batch_size, self.dist.rank, world)
             self.steps_per_epoch = len(self.sampler)
+            if self.classify and self.eval_data is not None:
+                # Fail now, not after training, if the eval classes are not the trained ones.
+                target_indices(self.eval_data, self.train_base.class_names)
         self._loaders: dict[int, DataLoader] = {}
         lc = config.loss
         self.head = build_head(
@@ -211,7 +227,15 @@ class Trainer:
             seed=tc.seed,
             rank=self.dist.rank,
             world_size=world,
+            **_classifier_options(lc),
         ).to(self.device)
+        if self.classify:
+            # The classifier's head is part of what a closed-set model ships.
+            check_param_budget(
+                count_parameters(self.model) + count_parameters(self.head),
+                config.model.max_params,
+                f"classifier {config.model.backbone} + {config.model.neck} + ce head",
+            )
         self.margin_cap: float | None = None
         if lc.margin_start is not None:
             if not hasattr(self.head, "margin_loss") or self.head.margin_loss.margin_attr is None:
@@ -586,6 +610,16 @@ class Trainer:
         if self.eval_data is None:
             return {}
         ec = self.config.eval
+        if self.classify:
+            metrics = evaluate_classifier(
+                self.classifier(),
+                self.eval_data,
+                self.train_base.class_names,
+                batch_size=ec.batch_size,
+                device=str(self.device),
+            )
+            self.model.train()
+            return metrics
         metrics = evaluate_model(
             self.eval_model,
             self.eval_data,
@@ -595,6 +629,18 @@ class Trainer:
         )
         self.model.train()
         return metrics
+
+    def classifier(self) -> Classifier:
+        """The evaluated model with the ``ce`` head (``loss.name=ce`` only)."""
+        if not self.classify:
+            raise ValueError("a classifier needs loss.name=ce")
+        return Classifier(self.eval_model, self.head, self.train_base.class_names)
+
+    def _save(self, folder: Path, metrics: dict[str, float]) -> None:
+        """Save the evaluated model (and, when classifying, its head) as an artifact."""
+        save_artifact(self.eval_model, folder, metadata=self._metadata(metrics))
+        if self.classify:
+            save_classifier_head(self.head, folder, self.train_base.class_names)
 
     def fit(self) -> TrainResult:
         """Train to ``total_steps``, evaluating, checkpointing and keeping the best artifact."""
@@ -657,9 +703,7 @@ class Trainer:
             if self.step % tc.checkpoint_every:
                 self.save_checkpoint()
             if main:
-                save_artifact(
-                    self.eval_model, self.run_dir / "last", metadata=self._metadata(final)
-                )
+                self._save(self.run_dir / "last", final)
             barrier(self.dist)
         finally:
             bar.close()
@@ -693,10 +737,11 @@ class Trainer:
         self._last_eval = (self.step, metrics)
         self.history.append({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
         self._record(self.history[-1], "eval")
-        score = metrics.get(SELECTION_METRIC, -math.inf) if metrics else self.step
-        if not self.best or score >= self.best.get(SELECTION_METRIC, -math.inf):
+        key = CLASSIFY_SELECTION_METRIC if self.classify else SELECTION_METRIC
+        score = metrics.get(key, -math.inf) if metrics else self.step
+        if not self.best or score >= self.best.get(key, -math.inf):
             self.best = {**metrics, "step": self.step}
-            save_artifact(self.eval_model, self.run_dir / "best", metadata=self._metadata(metrics))
+            self._save(self.run_dir / "best", metrics)
         barrier(self.dist)
         return metrics
 
@@ -767,6 +812,17 @@ class _PooledFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(images).mean(dim=(2, 3)).float()
+
+
+def _classifier_options(lc: LossConfig) -> dict[str, Any]:
+    """The ``ce`` head's keyword arguments (none for the metric-learning losses)."""
+    if lc.name != "ce":
+        return {}
+    return {
+        "label_smoothing": lc.label_smoothing,
+        "hidden_dim": lc.hidden_dim,
+        "dropout": lc.dropout,
+    }
 
 
 def _load_shards(config: ExperimentConfig) -> ShardIndex:
