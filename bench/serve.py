@@ -188,7 +188,7 @@ def main() -> None:
         opts.runs, opts.seconds, opts.max_images = 5, 3.0, 100
 
     default = exported("default", CACHE / "serve_default")
-    results: dict = {"machine": machine_name()}
+    results: dict = {"machine": machine_name(), "load_before": os.getloadavg()[0]}
     print("engines:")
     results["engines"] = engine_rows(default, opts.runs)
     print("int8:")
@@ -205,7 +205,12 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    machine = f"Measured by `python bench/serve.py` on {results['machine']}."
+    results["load_after"] = os.getloadavg()[0]
+    # Other work on a shared machine slows every row; say how busy it was.
+    machine = (
+        f"Measured by `python bench/serve.py` on {results['machine']}; 1-minute load average "
+        f"{results['load_before']:.1f} before, {results['load_after']:.1f} after."
+    )
     (OUT / "serving.json").write_text(json.dumps(results, indent=2) + "\n")
     doc = OUT / "serving.md"
     write_between_markers(
