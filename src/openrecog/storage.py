@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +34,44 @@ def replace_dir(src: Path, dst: Path) -> None:
 
     POSIX cannot rename over a non-empty directory, so the old one is first renamed aside;
     a crash between the two renames leaves ``dst.old-*`` which :func:`recover_dir` restores.
+    Asides left by earlier crashes are discarded first (``dst`` is complete, so they are
+    obsolete): otherwise a later crash between the renames would leave several, and
+    :func:`recover_dir` could restore an old or half-deleted one.
     """
     for file in src.rglob("*"):
         if file.is_file():
             _fsync(file)
     if dst.exists():
+        name = glob.escape(dst.name)
+        for trash in dst.parent.glob(f".{name}.trash-*"):
+            shutil.rmtree(trash, ignore_errors=True)
+        for stale in dst.parent.glob(f"{name}.old-*"):
+            _discard(stale, dst.name)
         aside = dst.with_name(f"{dst.name}.old-{os.getpid()}")
-        if aside.exists():
-            shutil.rmtree(aside)
         os.rename(dst, aside)
         os.rename(src, dst)
-        shutil.rmtree(aside, ignore_errors=True)
+        _discard(aside, dst.name)
     else:
         os.rename(src, dst)
     _fsync_dir(dst.parent)
+
+
+def _discard(path: Path, name: str) -> None:
+    # Renamed to a name recover_dir never restores before deleting: a crash in the middle
+    # of rmtree then leaves ignorable trash, not a half-deleted folder that looks restorable.
+    trash = path.with_name(f".{name}.trash-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, trash)
+    except OSError:  # gone already
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def recover_dir(path: Path) -> None:
     """Restore ``path`` from a leftover ``path.old-*`` if a replace was interrupted."""
     if path.exists():
         return
-    for aside in sorted(path.parent.glob(f"{path.name}.old-*")):
+    for aside in sorted(path.parent.glob(f"{glob.escape(path.name)}.old-*")):
         os.rename(aside, path)
         return
 

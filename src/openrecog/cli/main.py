@@ -33,8 +33,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print ``error: message`` to stderr and exit."""
-    typer.echo(f"error: {message}", err=True)
+    """Print ``error: message`` to stderr, on one line, and exit."""
+    # Some messages (a YAML parser's, with its caret diagram) span lines; the promise is one.
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    typer.echo(f"error: {one_line}", err=True)
     raise typer.Exit(code)
 
 
@@ -72,7 +74,8 @@ def train(
     from openrecog.train.distributed import shutdown_distributed
     from openrecog.train.trainer import Trainer
 
-    if config is not None and "=" in config.name and not config.exists():
+    # The whole argument, not its last path part: data.root=/x/y is an override too.
+    if config is not None and "=" in str(config) and not config.exists():
         overrides = [str(config), *(overrides or [])]
         config = None
     cfg = load_config(config, overrides or [])
@@ -175,9 +178,10 @@ def evaluate(
 
 def _open_gallery(path: Path, model: str | None, threshold: float | None, index: str | None = None):
     from openrecog.gallery import Gallery
+    from openrecog.gallery.gallery import gallery_exists
     from openrecog.models import load_model
 
-    if (path / "gallery.json").is_file():
+    if gallery_exists(path):
         gallery = Gallery.load(path, index=index)
         if threshold is not None:
             gallery.threshold = threshold
@@ -396,7 +400,9 @@ def serve(
         save_on_write=save,
         threshold=threshold,
     )
-    is_new = not (gallery / "gallery.json").is_file()
+    from openrecog.gallery.gallery import gallery_exists
+
+    is_new = not gallery_exists(gallery)
     g = _open_gallery(gallery, model, threshold if is_new else None, index)
     if is_new and save:
         g.save(gallery)  # so that the folder is a gallery from the start

@@ -20,6 +20,10 @@ IMAGE_EXTENSIONS = frozenset(
 )
 # Pillow's own bomb guard warns at 89 Mpx and raises at twice that; we refuse above this.
 MAX_PIXELS = 64_000_000
+# The raster formats we decode, whatever the file is called. Everything else Pillow could
+# open is refused: EPS and PDF-like formats would run Ghostscript on an uploaded file, and
+# rarely used decoders are where parser bugs live. (Multi-picture JPEGs open as JPEG.)
+DECODERS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM")
 
 ImageInput = str | os.PathLike | bytes | Image.Image
 
@@ -36,7 +40,8 @@ def is_image_file(path: str | os.PathLike) -> bool:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB, compositing transparency on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
+        # NaN/inf (float TIFFs) would become arbitrary bytes in the cast below.
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0, neginf=0)
         high = array.max() if array.size else 0.0
         scale = 255.0 / 65535.0 if high > 255 else 1.0
         image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), mode="L")
@@ -64,7 +69,10 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
         else:
             handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
             with handle:
-                image = Image.open(handle)
+                if not handle.read(1):
+                    raise ImageLoadError(f"{name}: empty file, not a recognised image format")
+                handle.seek(0)
+                image = Image.open(handle, formats=DECODERS)
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageLoadError(
@@ -95,7 +103,7 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> Image.Image:
 def check_image(path: str | os.PathLike) -> str | None:
     """Cheaply check that ``path`` is a readable image header; return a reason if not."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=DECODERS) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 return f"image too large ({width}x{height})"

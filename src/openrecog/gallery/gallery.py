@@ -19,6 +19,7 @@ from openrecog.data.datasets import DatasetError, SkippedFile, labelled_image_fi
 from openrecog.data.images import ImageInput, ImageLoadError, load_image
 from openrecog.gallery.errors import GalleryError
 from openrecog.gallery.store import ItemStore, MemoryStore, PgVectorStore
+from openrecog.gallery.validate import check_items, check_manifest
 from openrecog.index import FlatIndex, create_index, index_from_bytes
 from openrecog.index.pgvector import is_pgvector_spec, redacted_dsn
 from openrecog.models import Embedder, load_artifact, save_artifact
@@ -72,6 +73,17 @@ def validate_label(label: str) -> str:
     if cleaned == UNKNOWN:
         raise GalleryError(f"{UNKNOWN!r} is reserved for rejected queries")
     return cleaned
+
+
+def gallery_exists(path: str | Path) -> bool:
+    """Whether ``path`` holds a saved gallery, restoring one whose last save was interrupted.
+
+    Check with this, not for ``gallery.json``: a crash in the middle of a save leaves the
+    gallery renamed aside, and a new gallery created in its place would hide it for good.
+    """
+    path = Path(path)
+    recover_dir(path)
+    return (path / "gallery.json").is_file()
 
 
 class Gallery:
@@ -436,14 +448,17 @@ class Gallery:
         if not manifest_path.is_file():
             raise GalleryError(f"{path}: not a gallery (no gallery.json)")
         manifest = read_json(manifest_path, GalleryError)
-        if manifest.get("format") != GALLERY_FORMAT:
+        if not isinstance(manifest, dict) or manifest.get("format") != GALLERY_FORMAT:
             raise GalleryError(f"{path}: not an {GALLERY_FORMAT} folder")
+        saved_spec = manifest.get("index", "Flat")
+        if not isinstance(saved_spec, str):
+            raise GalleryError(f"{manifest_path}: 'index' must be an index spec")
+        in_database = manifest.get("backend") == "pgvector" or is_pgvector_spec(saved_spec)
+        check_manifest(path, manifest, in_folder=not in_database)
         for name, digest in manifest.get("sha256", {}).items():
             file = path / name
             if not file.is_file() or sha256_file(file) != digest:
                 raise GalleryError(f"{file}: missing or checksum mismatch (corrupted gallery)")
-        saved_spec = manifest.get("index", "Flat")
-        in_database = manifest.get("backend") == "pgvector" or is_pgvector_spec(saved_spec)
         spec = index if index is not None else saved_spec
         if is_pgvector_spec(spec) != in_database:
             where = f"in PostgreSQL ({saved_spec})" if in_database else "in the gallery folder"
@@ -467,12 +482,20 @@ class Gallery:
     def _read_items(
         self, path: Path, manifest: dict[str, Any], store: MemoryStore, reuse_index: bool
     ) -> None:
-        arrays = load_file(str(path / "embeddings.safetensors"))
+        try:
+            arrays = load_file(str(path / "embeddings.safetensors"))
+            ids, vectors = arrays["ids"], arrays["embeddings"]
+        except Exception as exc:  # safetensors raises its own error types for bad files
+            raise GalleryError(
+                f"{path / 'embeddings.safetensors'}: unreadable embeddings ({exc!r})"
+            ) from exc
         items = read_json(path / "items.json", GalleryError)
-        ids, vectors = arrays["ids"], arrays["embeddings"]
-        if len(items) != len(ids) or vectors.shape != (len(ids), self.dim):
-            raise GalleryError(f"{path}: items and embeddings disagree (corrupted gallery)")
-        next_id = int(manifest.get("next_id", int(ids.max()) + 1 if len(ids) else 0))
+        items = check_items(path, items, ids, vectors, self.dim, validate_label)
+        first_free = int(ids.max()) + 1 if len(ids) else 0
+        next_id = manifest.get("next_id", first_free)
+        if isinstance(next_id, bool) or not isinstance(next_id, int) or next_id < first_free:
+            # A smaller next_id would hand out ids that are still in use.
+            raise GalleryError(f"{path}/gallery.json: bad next_id (corrupted gallery)")
         saved_index = None
         if reuse_index and INDEX_FILE in manifest.get("sha256", {}):
             try:

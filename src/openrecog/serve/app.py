@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
@@ -200,6 +201,17 @@ def create_app(
         if status == 500:
             log.error("gallery error on %s: %s", request.url.path, exc)
         return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # One line, like every other error, and without echoing the input: FastAPI's own
+        # handler failed with a 500 on a body that is not UTF-8 (e.g. an image).
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error.get('loc', ())) or 'request'}: "
+            f"{error.get('msg', 'invalid')}"
+            for error in exc.errors()
+        )
+        return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
 
     @app.exception_handler(RequestTimedOut)
     async def _timed_out(request: Request, exc: RequestTimedOut) -> JSONResponse:

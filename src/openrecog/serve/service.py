@@ -53,6 +53,14 @@ class SaveFailed(Exception):
     """The gallery folder could not be written after a change."""
 
 
+def _manifest_stamp(path: Path | None) -> bytes | None:
+    """The saved manifest's bytes: every save rewrites it (with new checksums and time)."""
+    try:
+        return (path / "gallery.json").read_bytes() if path is not None else None
+    except OSError:
+        return None
+
+
 def gallery_error_status(exc: GalleryError) -> int:
     """The HTTP status of a gallery error: 404 missing, 409 empty, 422 bad label, else 500."""
     message = str(exc)
@@ -97,6 +105,7 @@ class GalleryService:
         self.metrics = metrics
         self.lock = threading.Lock()
         self.thumbnails = ThumbnailCache()
+        self._stamp = _manifest_stamp(self.path)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -169,6 +178,18 @@ class GalleryService:
         self.metrics.gallery_classes.set(classes)
         return items, classes
 
+    def _require_unchanged_folder(self) -> None:
+        # Called with the lock held, before a change. Another process that saved the folder
+        # since we read it (`openrecog register` on a served gallery) would lose its items
+        # to our next save, which writes what this process holds: refuse instead.
+        if self.persistent and _manifest_stamp(self.path) != self._stamp:
+            raise HTTPException(
+                409,
+                f"the gallery folder {self.path} was changed by another process since this "
+                "server read it; nothing was changed here: restart the server to serve "
+                "(and keep) both",
+            )
+
     def _persist(self) -> bool:
         # Called with the lock held, right after a change.
         if not self.persistent:
@@ -179,6 +200,7 @@ class GalleryService:
         except (OSError, GalleryError, ValueError) as exc:
             log.exception("could not save the gallery to %s", self.path)
             raise SaveFailed(f"could not save the gallery to {self.path}: {exc}") from exc
+        self._stamp = _manifest_stamp(self.path)
         return True
 
     # ------------------------------------------------------------------ reading
@@ -340,8 +362,9 @@ class GalleryService:
         """Embed and add images under ``label``; unreadable ones are skipped and reported.
 
         Raises:
-            HTTPException: 422 invalid label, 400 when no image could be read, 503 (via
-                :class:`RequestTimedOut`) when the time limit passed before the change.
+            HTTPException: 422 invalid label, 400 when no image could be read, 409 when
+                another process changed the folder, 503 (via :class:`RequestTimedOut`)
+                when the time limit passed before the change.
         """
         try:
             label = validate_label(label)
@@ -362,6 +385,7 @@ class GalleryService:
         sources = [f"{UPLOAD_PREFIX}{u.name}" for u, _ in kept]
         with self.lock:
             deadline.commit()
+            self._require_unchanged_folder()
             added = self.gallery.add_embeddings(vectors, [label] * len(kept), sources)
             try:
                 saved = self._persist()
@@ -394,10 +418,11 @@ class GalleryService:
         """Remove one item.
 
         Raises:
-            HTTPException: 404 no such item.
+            HTTPException: 404 no such item, 409 folder changed by another process.
         """
         with self.lock:
             deadline.commit()
+            self._require_unchanged_folder()
             try:
                 self.gallery.remove(item_id)
             except GalleryError as exc:
@@ -408,10 +433,11 @@ class GalleryService:
         """Remove every item of a class.
 
         Raises:
-            HTTPException: 404 no such class.
+            HTTPException: 404 no such class, 409 folder changed by another process.
         """
         with self.lock:
             deadline.commit()
+            self._require_unchanged_folder()
             ids = [item["item_id"] for item in self.gallery.items() if item["label"] == label]
             try:
                 count = self.gallery.remove_class(label)

@@ -112,6 +112,8 @@ async def _read_json(request: Request, model: type[BaseModel]) -> Any:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPException(400, f"invalid JSON body: {exc}") from None
+    except RecursionError:  # "[[[[..." a few thousand deep: the parser's stack runs out
+        raise HTTPException(400, "invalid JSON body: nested too deeply") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -122,8 +124,10 @@ async def _read_json(request: Request, model: type[BaseModel]) -> Any:
         raise HTTPException(422, f"invalid request: {problems}") from None
 
 
-def decode_base64_image(text: str, name: str, max_bytes: int) -> bytes:
+def decode_base64_image(text: str, name: str, max_bytes: int, allow_empty: bool = False) -> bytes:
     """Decode one base64 image, refusing it if it would exceed ``max_bytes`` once decoded.
+
+    ``allow_empty`` passes an empty image on (a batch reports it as that image's error).
 
     Raises:
         HTTPException: 413 too large (checked before decoding), 400 not base64 or empty.
@@ -136,19 +140,19 @@ def decode_base64_image(text: str, name: str, max_bytes: int) -> bytes:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise HTTPException(400, f"{name}: invalid base64 ({exc})") from None
-    if not data:
+    if not data and not allow_empty:
         raise HTTPException(400, f"{name}: empty image")
     return data
 
 
 def _decode_all(names: list[str], texts: list[str], max_bytes: int) -> list[Upload]:
     return [
-        Upload(name, decode_base64_image(text, name, max_bytes))
+        Upload(name, decode_base64_image(text, name, max_bytes, allow_empty=True))
         for name, text in zip(names, texts, strict=True)
     ]
 
 
-async def _read_upload(value: Any, field: str, max_bytes: int) -> Upload:
+async def _read_upload(value: Any, field: str, max_bytes: int, allow_empty: bool = False) -> Upload:
     if not isinstance(value, UploadFile):
         raise HTTPException(422, f"multipart field {field!r} must be a file, not text")
     name = value.filename or field
@@ -157,7 +161,7 @@ async def _read_upload(value: Any, field: str, max_bytes: int) -> Upload:
     data = await value.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise _too_large(name, max_bytes, "max_upload_bytes")
-    if not data:
+    if not data and not allow_empty:
         raise HTTPException(400, f"{name}: empty file")
     return Upload(name, data)
 
@@ -226,7 +230,9 @@ async def read_many_images(
             if not values:
                 raise HTTPException(422, "multipart field 'files' is missing (one or more files)")
             for value in values:
-                uploads.append(await _read_upload(value, "files", settings.max_upload_bytes))
+                # An empty file in a batch is that file's error, like any unreadable one.
+                upload = await _read_upload(value, "files", settings.max_upload_bytes, True)
+                uploads.append(upload)
             if with_label:
                 raw = form.get("label")
                 if raw is not None and not isinstance(raw, str):
