@@ -375,13 +375,11 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None
-) -> ExperimentConfig:
-    """Load an :class:`ExperimentConfig` from YAML (optional) plus dotted overrides.
+def config_data(path: str | Path | None, overrides: list[str] | None) -> dict[str, Any]:
+    """The mapping of a YAML config file (optional) with dotted overrides merged in.
 
     Raises:
-        ConfigError: the file is missing or not YAML, or a key/value is invalid.
+        ConfigError: the file is missing, not YAML, or not a mapping; a bad override.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -397,7 +395,18 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         data = loaded
-    data = deep_merge(data, parse_overrides(overrides or []))
+    return deep_merge(data, parse_overrides(overrides or []))
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Load an :class:`ExperimentConfig` from YAML (optional) plus dotted overrides.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key/value is invalid.
+    """
+    data = config_data(path, overrides)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:

@@ -13,7 +13,6 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,13 +23,7 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from openrecog.config import (
-    AugmentConfig,
-    ConfigError,
-    deep_merge,
-    format_validation_error,
-    parse_overrides,
-)
+from openrecog.config import AugmentConfig, ConfigError, config_data, format_validation_error
 from openrecog.data.captions import CaptionDataset
 from openrecog.data.transforms import build_eval_transform, build_train_transform
 from openrecog.eval.crossmodal import itm_rerank_scores, retrieval_recall
@@ -95,18 +88,7 @@ def load_crossmodal_config(
     Raises:
         ConfigError: missing or invalid file, unknown key, bad value.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-    data = deep_merge(data, parse_overrides(overrides or []))
+    data = config_data(path, overrides)
     try:
         return CrossModalConfig.model_validate(data)
     except ValidationError as exc:
