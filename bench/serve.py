@@ -46,6 +46,7 @@ from openrecog.models import load_artifact, load_model, save_artifact
 from openrecog.models.encoder import ImageEncoder
 from openrecog.models.onnx_engine import ONNX_FILE, ONNX_INT8_FILE, OnnxEngine, recorded_onnx
 from openrecog.models.onnx_export import add_onnx_to_artifact, quantize_int8
+from openrecog.storage import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -111,7 +112,7 @@ def int8_rows(folder: Path, runs: int, max_images: int | None) -> list[dict]:
     sets = [name for name in ("sroie", "caltech101") if (DATA / name / "labels.csv").exists()]
     rows = []
     for name, path in files.items():
-        engine = OnnxEngine(path, expected_sha256=_sha256(path), threads=1)
+        engine = OnnxEngine(path, expected_sha256=sha256_file(path), threads=1)
         x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)).numpy()
         ((p50, _),) = onnx_latency.time_round_robin({name: partial(engine.run, x)}, runs).values()
         row: dict = {"engine": name, "MB": round(path.stat().st_size / 1e6, 2), "ms_b1_1t": p50}
@@ -129,12 +130,6 @@ def int8_rows(folder: Path, runs: int, max_images: int | None) -> list[dict]:
             print(f"  {name} {data_name}: map@5 {metrics['map@5']:.3f} ({seconds:.0f} s)")
         rows.append(row)
     return rows
-
-
-def _sha256(path: Path) -> str:
-    from openrecog.storage import sha256_file
-
-    return sha256_file(path)
 
 
 class _Subset:

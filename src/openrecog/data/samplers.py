@@ -9,7 +9,29 @@ import numpy as np
 from torch.utils.data import Sampler
 
 
-class ClassBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
+class _ResumableEpochs:
+    """Epoch / start-batch / seed bookkeeping shared by the batch samplers (exact resume)."""
+
+    seed: int
+    epoch: int
+    start_batch: int
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order and skip its first ``start_batch`` batches (resume)."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def state_dict(self) -> dict[str, int]:
+        """What an exact resume needs."""
+        return {"epoch": self.epoch, "start_batch": self.start_batch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.seed = state["seed"]
+        self.set_epoch(state["epoch"], state["start_batch"])
+
+
+class ClassBalancedBatchSampler(_ResumableEpochs, Sampler[list[tuple[int, int]]]):
     """Batches of ``batch_size // m_per_class`` classes × ``m_per_class`` items each.
 
     Classes with fewer than ``m`` images are drawn with repetition, so each repeat is another
@@ -58,20 +80,6 @@ class ClassBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
         full, rest = divmod(len(self.classes), self.classes_per_batch)
         return full + (0 if self.drop_last or rest == 0 else 1)
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's order and skip its first ``start_batch`` batches (resume)."""
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def state_dict(self) -> dict[str, int]:
-        """What an exact resume needs."""
-        return {"epoch": self.epoch, "start_batch": self.start_batch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.seed = state["seed"]
-        self.set_epoch(state["epoch"], state["start_batch"])
-
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         """Yield the batches of the current epoch from ``start_batch`` on."""
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -104,7 +112,7 @@ class ClassBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
         return [rng.choice(n, size=k, replace=False, p=self.class_probs) for k in sizes]
 
 
-class ShuffledBatchSampler(Sampler[list[tuple[int, int]]]):
+class ShuffledBatchSampler(_ResumableEpochs, Sampler[list[tuple[int, int]]]):
     """Plain shuffled batches of ``batch_size`` items: one epoch is one pass over the data.
 
     For closed-set classification, where batches need no fixed number of images per class
@@ -124,20 +132,6 @@ class ShuffledBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __len__(self) -> int:
         return self.num_items // self.batch_size
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's order and skip its first ``start_batch`` batches (resume)."""
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def state_dict(self) -> dict[str, int]:
-        """What an exact resume needs."""
-        return {"epoch": self.epoch, "start_batch": self.start_batch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.seed = state["seed"]
-        self.set_epoch(state["epoch"], state["start_batch"])
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         """Yield the batches of the current epoch from ``start_batch`` on."""
