@@ -216,3 +216,47 @@ def test_pca_onnx_and_the_server_reports_its_engine(exported, pattern_folder, tm
     picture = (pattern_folder / "class_1" / "2.png").read_bytes()
     answer = client.post("/classify", files={"file": ("q.png", picture, "image/png")}).json()
     assert answer["label"] == "class_1"
+
+
+def test_server_engine_settings_reach_onnxruntime(exported, pattern_folder, tmp_path) -> None:
+    out, _ = exported
+    gallery = Gallery(load_artifact(out), threshold=0.0, device="cpu")
+    gallery.register_folder(pattern_folder)
+    gallery.save(tmp_path / "g")
+    served = Gallery.load(tmp_path / "g", device="cpu", threads=1, spinning=False)
+    options = served.encoder.onnx_engine.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    default = gallery.encoder.onnx_engine.session.get_session_options()
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # not set: onnxruntime spins
+        default.get_session_config_entry("session.intra_op.allow_spinning")
+    picture = pattern_folder / "class_3" / "0.png"
+    np.testing.assert_allclose(
+        served.encoder.encode([picture]), gallery.encoder.encode([picture]), atol=1e-5
+    )
+
+
+def test_cli_serve_runs_one_quiet_onnxruntime_thread_per_request(
+    exported, pattern_folder, tmp_path, monkeypatch
+) -> None:
+    import uvicorn
+
+    out, _ = exported
+    Gallery(load_artifact(out), threshold=0.0, device="cpu").save(tmp_path / "g")
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda web, **kw: apps.append(web))
+    torch_threads = torch.get_num_threads()
+    try:
+        for extra in ([], ["--threads", "2"]):
+            result = runner.invoke(app, ["serve", str(tmp_path / "g"), *extra])
+            assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1  # torch only preprocesses in the server
+    finally:
+        torch.set_num_threads(torch_threads)  # the server's setting, not the test session's
+    threads = []
+    for web in apps:
+        session = web.state.service.gallery.encoder.onnx_engine.session
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        threads.append(options.intra_op_num_threads)
+    assert threads == [1, 2]

@@ -452,3 +452,9 @@ def test_cli_serve_refuses_public_host_without_key(model, tmp_path, monkeypatch)
     web, kwargs = calls[0]
     assert kwargs["host"] == "0.0.0.0" and kwargs["port"] == 9001
     assert web.state.settings.api_key.get_secret_value() == KEY
+    assert kwargs["access_log"] is True
+    r = runner.invoke(app, ["serve", str(path), "--no-access-log", "--threads", "0"])
+    assert r.exit_code == 2 and "--threads" in r.output
+    r = runner.invoke(app, ["serve", str(path), "--no-access-log", "--threads", "2"])
+    assert r.exit_code == 0, r.output
+    assert calls[1][1]["access_log"] is False

@@ -176,13 +176,19 @@ def evaluate(
         typer.echo(f"report written to {path}")
 
 
-def _open_gallery(path: Path, model: str | None, threshold: float | None, index: str | None = None):
+def _open_gallery(
+    path: Path,
+    model: str | None,
+    threshold: float | None,
+    index: str | None = None,
+    **encoder_options: Any,
+):
     from openrecog.gallery import Gallery
     from openrecog.gallery.gallery import gallery_exists
     from openrecog.models import load_model
 
     if gallery_exists(path):
-        gallery = Gallery.load(path, index=index)
+        gallery = Gallery.load(path, index=index, **encoder_options)
         if threshold is not None:
             gallery.threshold = threshold
         return gallery
@@ -190,7 +196,7 @@ def _open_gallery(path: Path, model: str | None, threshold: float | None, index:
         fail(f"{path} exists and is not a gallery; choose an empty or new folder")
     if model is None:
         fail(f"{path} is not a gallery yet; create it by passing --model (e.g. --model default)")
-    return Gallery(load_model(model), threshold=threshold, index=index or "Flat")
+    return Gallery(load_model(model), threshold=threshold, index=index or "Flat", **encoder_options)
 
 
 @app.command()
@@ -378,6 +384,17 @@ def serve(
         Path | None,
         typer.Option(help="cross-modal model folder: enables POST /search/text"),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="onnxruntime threads per request (default 1: concurrent requests are the "
+            "parallelism; raise it for one client at a time)",
+        ),
+    ] = None,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="log every request")
+    ] = True,
 ) -> None:
     """Serve a gallery over HTTP: classify, search, register, with a web page at /."""
     from openrecog.serve import ServeSettings, create_app, is_loopback_host
@@ -403,7 +420,11 @@ def serve(
     from openrecog.gallery.gallery import gallery_exists
 
     is_new = not gallery_exists(gallery)
-    g = _open_gallery(gallery, model, threshold if is_new else None, index)
+    # Requests run concurrently in the threadpool, each on one onnxruntime thread that does
+    # not spin-wait: see docs/benchmarks/serving.md for the measured alternatives.
+    g = _open_gallery(
+        gallery, model, threshold if is_new else None, index, threads=threads or 1, spinning=False
+    )
     if is_new and save:
         g.save(gallery)  # so that the folder is a gallery from the start
     if text_model is not None:
@@ -435,7 +456,9 @@ def serve(
         err=True,
     )
     # One worker: the gallery lives in this process's memory.
-    uvicorn.run(web, host=host, port=port, log_level="info", server_header=False)
+    uvicorn.run(
+        web, host=host, port=port, log_level="info", server_header=False, access_log=access_log
+    )
 
 
 @app.command()

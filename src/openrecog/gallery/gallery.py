@@ -102,6 +102,8 @@ class Gallery:
         device: inference device.
         engine: inference engine of the :class:`ImageEncoder` (``auto``: onnxruntime when
             the model's artifact has an ONNX export, else PyTorch).
+        threads: onnxruntime intra-op threads (default: one per physical core).
+        spinning: whether onnxruntime's idle threads spin-wait (see :class:`ImageEncoder`).
 
     Raises:
         GalleryError: a pgvector spec whose database cannot be reached or whose table does
@@ -116,9 +118,18 @@ class Gallery:
         batch_size: int = 32,
         device: str = "auto",
         engine: str = "auto",
+        threads: int | None = None,
+        spinning: bool = True,
     ) -> None:
         self.model = model
-        self.encoder = ImageEncoder(model, batch_size=batch_size, device=device, engine=engine)
+        self.encoder = ImageEncoder(
+            model,
+            batch_size=batch_size,
+            device=device,
+            engine=engine,
+            threads=threads,
+            spinning=spinning,
+        )
         self.dim = self.encoder.embedding_dim
         self._store: ItemStore = (
             PgVectorStore.open(index, self.dim)
@@ -422,6 +433,8 @@ class Gallery:
         batch_size: int = 32,
         index: str | None = None,
         engine: str = "auto",
+        threads: int | None = None,
+        spinning: bool = True,
     ) -> Gallery:
         """Load a gallery saved by :meth:`save`, verifying its checksums.
 
@@ -437,6 +450,8 @@ class Gallery:
                 another ``pgvector+postgresql://`` spec for a PostgreSQL gallery (another
                 host name for the same database, a DSN with a password, ...).
             engine: inference engine (see :class:`Gallery`).
+            threads: onnxruntime intra-op threads (see :class:`Gallery`).
+            spinning: whether onnxruntime's idle threads spin-wait (see :class:`Gallery`).
 
         Raises:
             GalleryError: missing, incomplete or corrupted gallery folder; an ``index``
@@ -474,6 +489,8 @@ class Gallery:
             device=device,
             batch_size=batch_size,
             engine=engine,
+            threads=threads,
+            spinning=spinning,
         )
         if isinstance(gallery._store, MemoryStore):
             gallery._read_items(path, manifest, gallery._store, reuse_index=spec == saved_spec)

@@ -55,6 +55,8 @@ class ImageEncoder:
             CUDA provider), else PyTorch; ``"torch"``; ``"onnx"``: the artifact's
             ``model.onnx``; ``"onnx-int8"``: its ``model.int8.onnx``.
         threads: onnxruntime intra-op threads (default: one per physical core).
+        spinning: whether onnxruntime's idle threads spin-wait (off for a server running
+            several requests at once, see :func:`~openrecog.models.onnx_engine.create_session`).
 
     Attributes:
         engine_name: what runs the model: ``"torch"``, ``"onnxruntime"`` or
@@ -76,6 +78,7 @@ class ImageEncoder:
         device: str = "auto",
         engine: str = "auto",
         threads: int | None = None,
+        spinning: bool = True,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -89,7 +92,7 @@ class ImageEncoder:
         self.transform = build_eval_transform(pre["image_size"], pre["mean"], pre["std"])
         self.onnx_engine: OnnxEngine | None = None
         if engine != "torch":
-            self.onnx_engine = self._onnx_engine(model, engine, requested, threads)
+            self.onnx_engine = self._onnx_engine(model, engine, requested, threads, spinning)
         if self.onnx_engine is None:
             self.model = model.to(self.device).eval()
             self.engine_name = "torch"
@@ -101,7 +104,7 @@ class ImageEncoder:
             self.device = torch.device("cuda" if on_gpu else "cpu")
 
     def _onnx_engine(
-        self, model: Embedder, engine: str, device: str, threads: int | None
+        self, model: Embedder, engine: str, device: str, threads: int | None, spinning: bool
     ) -> OnnxEngine | None:
         """The onnxruntime engine for ``engine``, or None where ``"auto"`` means PyTorch."""
         variant = "int8" if engine == "onnx-int8" else "fp32"
@@ -123,7 +126,7 @@ class ImageEncoder:
                 )
         if self.device.type == "cpu":
             providers = [CPU_PROVIDER]
-        return OnnxEngine(path, providers=providers, threads=threads)
+        return OnnxEngine(path, providers=providers, threads=threads, spinning=spinning)
 
     @property
     def embedding_dim(self) -> int:

@@ -69,6 +69,7 @@ def create_session(
     model: bytes | str | Path,
     providers: list[str] | None = None,
     threads: int | None = None,
+    spinning: bool = True,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` with all graph optimisations enabled.
 
@@ -77,6 +78,10 @@ def create_session(
         providers: execution providers in order of preference (default:
             :func:`default_providers`).
         threads: intra-op threads (``None``: onnxruntime's default, one per physical core).
+        spinning: let idle intra-op threads spin-wait for the next piece of work
+            (onnxruntime's default: lowest latency for one caller at a time). A server that
+            runs several requests at once turns it off: spinning threads burn the cores the
+            other requests need.
 
     Raises:
         ValueError: ``threads`` is not positive.
@@ -98,6 +103,8 @@ def create_session(
     options.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads is not None:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(source, options, providers=providers or default_providers())
 
@@ -178,6 +185,7 @@ class OnnxEngine:
         path: the ``.onnx`` file.
         providers: onnxruntime execution providers (default: CUDA when available, then CPU).
         threads: intra-op threads (default: onnxruntime's, one per physical core).
+        spinning: whether idle intra-op threads spin-wait (see :func:`create_session`).
         expected_sha256: checksum to verify instead of the artifact's record (for an ONNX
             file outside an artifact folder).
 
@@ -201,6 +209,7 @@ class OnnxEngine:
         providers: list[str] | None = None,
         threads: int | None = None,
         expected_sha256: str | None = None,
+        spinning: bool = True,
     ) -> None:
         self.path = Path(path)
         self.record: dict[str, Any] = {}
@@ -214,7 +223,7 @@ class OnnxEngine:
                 f"{self.path}: checksum mismatch with the recorded SHA-256 (file changed or "
                 "corrupted); re-export it with `openrecog export MODEL OUT --onnx`"
             )
-        self.session = create_session(data, providers=providers, threads=threads)
+        self.session = create_session(data, providers=providers, threads=threads, spinning=spinning)
         self.providers: list[str] = self.session.get_providers()
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
