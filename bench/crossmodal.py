@@ -2,8 +2,14 @@
 
 Usage:
     python scripts/build_stamps.py            # once: data/tuxpaint-stamps with captions.csv
-    python bench/crossmodal.py                # about 25 minutes on 2 busy CPU cores
+    python bench/crossmodal.py                # 60 steps a row: about 25 minutes on 2 CPU cores
+    python bench/crossmodal.py --steps 200    # the longer table (12-30 minutes a row)
     python bench/crossmodal.py --steps 20     # a smoke run (not for the record: --no-write)
+
+Each step count has its own table in docs/benchmarks/crossmodal.md (between the markers
+``crossmodal-<steps>steps``), rows in ``crossmodal-<steps>steps.json`` and runs in
+``runs/bench_crossmodal/<steps>steps/``; ``--reuse`` keeps finished runs, ``--rows`` runs only
+some (``--rows 1 2 3``: the first three variants below).
 
 Data: the Debian ``tuxpaint-stamps-default`` stamps with their English descriptions
 (``captions.csv`` written by ``scripts/build_stamps.py``; 621 training pairs, 164 held out by
@@ -16,10 +22,13 @@ Rows:
 * ``floor``: no training — the untrained (random) projections of the first run;
 * ``locked text``: MiniLM frozen, the image side (embedder + projection) and the text
   projection trained with plain in-batch ITC (no momentum model, no queue);
-* ``ITC``: both towers trained (MiniLM at a small lr), momentum encoders and queues, α = 0;
-* ``ITC + MoD``: the same with momentum distillation (α = 0.4);
-* ``ITC + MoD + ITM``: with the matching head trained on in-batch hard negatives, scored
-  both by the contrastive similarity and after ITM re-ranking of each query's top 16.
+* ``locked text + momentum, queue``: the same with momentum encoders and feature queues
+  (256), α = 0;
+* ``locked text + MoD``: with momentum distillation (α = 0.4);
+* ``locked text + MoD + ITM``: with the matching head trained on in-batch hard negatives,
+  scored both by the contrastive similarity and after ITM re-ranking of each query's top 16;
+* ``full ITC (both towers)``: MiniLM trained too (at a small lr), momentum and queues, α = 0;
+* ``full ITC + MoD``: the same with α = 0.4.
 """
 
 from __future__ import annotations
@@ -64,6 +73,9 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="keep finished runs with the same configuration"
     )
+    parser.add_argument(
+        "--rows", type=int, nargs="+", help="run only these variants (1-based, in order)"
+    )
     opts = parser.parse_args()
     if not (DATA / "captions.csv").exists():
         raise SystemExit(f"no {DATA / 'captions.csv'}: run python scripts/build_stamps.py first")
@@ -73,10 +85,13 @@ def main() -> None:
         f"batch_size={opts.batch_size}",
         f"image_size={opts.image_size}",
         "queue_size=256",
-        f"output_dir={ROOT / 'runs' / 'bench_crossmodal'}",
+        f"output_dir={ROOT / 'runs' / 'bench_crossmodal' / f'{opts.steps}steps'}",
     ]
+    if opts.rows and not all(1 <= i <= len(VARIANTS) for i in opts.rows):
+        parser.error(f"--rows: variants are numbered 1 to {len(VARIANTS)}")
+    chosen = [VARIANTS[i - 1] for i in opts.rows] if opts.rows else VARIANTS
     rows = []
-    for label, overrides in VARIANTS:
+    for label, overrides in chosen:
         name = label.replace(" ", "").replace("+", "_").replace(",", "").lower()
         name = name.replace("(", "").replace(")", "")
         cfg = load_crossmodal_config(None, [*common, *overrides, f"name={name}"])
@@ -101,25 +116,28 @@ def _finished(cfg) -> dict | None:
     run = Path(cfg.output_dir) / cfg.name
     try:
         same = yaml.safe_load((run / "config.yaml").read_text()) == cfg.model_dump()
-        return json.loads((run / "metrics.json").read_text()) if same else None
+        summary = json.loads((run / "metrics.json").read_text()) if same else None
     except (OSError, ValueError):
         return None
+    # config.yaml is written when a run starts: a run stopped midway leaves the metrics.json
+    # of an earlier run with another step count next to it.
+    return summary if summary is not None and summary.get("steps") == cfg.steps else None
 
 
 def write(rows: list[dict], opts: argparse.Namespace) -> None:
     """The rows so far into crossmodal.json and the table of crossmodal.md."""
     payload = {"machine": machine_name(), "options": vars(opts), "rows": rows}
-    (OUT / "crossmodal.json").write_text(json.dumps(payload, indent=2) + "\n")
+    marker = f"crossmodal-{opts.steps}steps"
+    (OUT / f"{marker}.json").write_text(json.dumps(payload, indent=2) + "\n")
     caption = (
         f"Measured by `python bench/crossmodal.py` on {machine_name()}; {opts.steps} steps × "
         f"{opts.batch_size} pairs at {opts.image_size} px, seed 0, 164 held-out pairs; "
-        f"1-minute load average {os.getloadavg()[0]:.1f} when written (other jobs shared "
-        "the machine, so train_min is inflated)."
+        f"1-minute load average {os.getloadavg()[0]:.1f} when written; `train_min`: "
+        "wall-clock minutes of each row's training run (on a shared machine, inflated by "
+        "whatever else ran)."
     )
     table = format_table(rows, columns=["model", *COLUMNS, "train_min"])
-    write_between_markers(
-        OUT / "crossmodal.md", "crossmodal", f"{caption}\n\n{table}", "Cross-modal"
-    )
+    write_between_markers(OUT / "crossmodal.md", marker, f"{caption}\n\n{table}", "Cross-modal")
     print(f"wrote {OUT / 'crossmodal.md'}")
 
 
