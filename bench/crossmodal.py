@@ -125,7 +125,7 @@ def _finished(cfg) -> dict | None:
 
 
 def write(rows: list[dict], opts: argparse.Namespace) -> None:
-    """The rows so far into crossmodal.json and the table of crossmodal.md."""
+    """The rows so far into crossmodal-<steps>steps.json and their table in crossmodal.md."""
     payload = {"machine": machine_name(), "options": vars(opts), "rows": rows}
     marker = f"crossmodal-{opts.steps}steps"
     (OUT / f"{marker}.json").write_text(json.dumps(payload, indent=2) + "\n")
