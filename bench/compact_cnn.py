@@ -27,13 +27,13 @@ import argparse
 import csv
 import json
 import random
-import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from forward_timing import forward_ms_per_image
 from machine import machine_name
 from markdown_table import write_between_markers
 
@@ -142,24 +142,9 @@ def used_parameters(classifier: Classifier, image_size: int) -> int:
     return used
 
 
-@torch.inference_mode()
 def latency_ms(model: torch.nn.Module, image_size: int, repeats: int, warmup: int = 5) -> float:
     """Median single-image forward time in ms on one CPU thread, after ``warmup`` passes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model.eval()
-        x = torch.randn(1, 3, image_size, image_size)
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
-    finally:
-        torch.set_num_threads(threads)
+    return forward_ms_per_image(model, 1, image_size, repeats, warmup)
 
 
 def recipe_overrides(args: argparse.Namespace, split_dir: Path) -> list[str]:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
-import torch
+from forward_timing import forward_ms_per_image
 from machine import machine_name
 
 from openrecog.config import load_config
@@ -61,25 +60,9 @@ def model_size_mb(model: Embedder, name: str) -> float:
     return sum(p.numel() * p.element_size() for p in model.state_dict().values()) / 1e6
 
 
-@torch.inference_mode()
 def latency_ms(model: Embedder, batch: int, repeats: int, warmup: int = 3) -> float:
     """Median forward time per image in ms on one CPU thread, after ``warmup`` passes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        size = model.config.image_size
-        x = torch.randn(batch, 3, size, size)
-        model.eval()
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) / batch * 1000)
-        return statistics.median(times)
-    finally:
-        torch.set_num_threads(threads)
+    return forward_ms_per_image(model, batch, model.config.image_size, repeats, warmup)
 
 
 def measure(
