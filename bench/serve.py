@@ -259,7 +259,7 @@ def http_rows(default: Path, opts: argparse.Namespace) -> list[dict]:
             str(model), opts.items, opts.clients, opts.seconds, "auto", image, args
         ):
             row["model"] = label
-            row["server"] = " ".join(args) or "defaults"
+            row["server"] = row["server_args"] or "defaults"
             rows.append(row)
     return rows
 

@@ -385,13 +385,13 @@ def serve(
         typer.Option(help="cross-modal model folder: enables POST /search/text"),
     ] = None,
     threads: Annotated[
-        int | None,
+        int,
         typer.Option(
             min=1,
-            help="onnxruntime threads per request (default 1: concurrent requests are the "
-            "parallelism; raise it for one client at a time)",
+            help="onnxruntime threads per request (concurrent requests are the parallelism; "
+            "raise it for one client at a time)",
         ),
-    ] = None,
+    ] = 1,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="log every request")
     ] = True,
@@ -420,10 +420,10 @@ def serve(
     from openrecog.gallery.gallery import gallery_exists
 
     is_new = not gallery_exists(gallery)
-    # Requests run concurrently in the threadpool, each on one onnxruntime thread that does
-    # not spin-wait: see docs/benchmarks/serving.md for the measured alternatives.
+    # Requests run concurrently in the threadpool, each on `threads` onnxruntime threads that
+    # do not spin-wait: see docs/benchmarks/serving.md for the measured alternatives.
     g = _open_gallery(
-        gallery, model, threshold if is_new else None, index, threads=threads or 1, spinning=False
+        gallery, model, threshold if is_new else None, index, threads=threads, spinning=False
     )
     if is_new and save:
         g.save(gallery)  # so that the folder is a gallery from the start
