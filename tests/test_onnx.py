@@ -104,6 +104,40 @@ def test_encoder_picks_onnxruntime_for_an_exported_artifact(exported, source) ->
     assert ImageEncoder(changed, device="cpu").engine_name == "torch"
 
 
+def test_weights_changed_after_loading_leave_the_artifact_behind(
+    exported, pattern_folder, tmp_path
+) -> None:
+    """A model trained, interpolated or reloaded in place is no longer its artifact."""
+    out, _ = exported
+    pictures = images(5)
+    original = ImageEncoder(load_artifact(out), device="cpu").encode(pictures)
+    for change in ("data", "load_state_dict"):
+        model = load_artifact(out)
+        weight = model.neck.fc.weight
+        if change == "data":  # how EMA and weight-averaging code writes, unseen by autograd
+            weight.data.mul_(-1.0)
+        else:
+            state = model.state_dict()
+            state["neck.fc.weight"] = -state["neck.fc.weight"]
+            model.load_state_dict(state)
+        encoder = ImageEncoder(model, device="cpu")
+        assert encoder.engine_name == "torch", change
+        changed = encoder.encode(pictures)
+        assert np.abs(changed - original).max() > 0.1, change
+        with pytest.raises(ValueError, match="other weights"):
+            ImageEncoder(model, device="cpu", engine="onnx")
+        # A saved gallery stores the changed weights, not links to the artifact's files.
+        gallery = Gallery(model, threshold=0.0, device="cpu")
+        gallery.register_folder(pattern_folder)
+        gallery.save(tmp_path / change)
+        assert not (tmp_path / change / "model" / ONNX_FILE).exists()
+        reloaded = Gallery.load(tmp_path / change, device="cpu")
+        np.testing.assert_allclose(reloaded.encoder.encode(pictures), changed, atol=1e-5)
+    # Loading, moving and switching to eval mode change nothing: still onnxruntime.
+    unchanged = load_artifact(out).to("cpu").eval()
+    assert ImageEncoder(unchanged, device="cpu").engine_name == "onnxruntime"
+
+
 def test_tampered_onnx_is_refused(exported, tmp_path) -> None:
     out, _ = exported
     copy = shutil.copytree(out, tmp_path / "copy")

@@ -27,6 +27,7 @@ from openrecog.models.artifact import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     artifact_holds_model,
+    loaded_weights_sha256,
     read_artifact_config,
 )
 from openrecog.models.encoder import ImageEncoder
@@ -289,7 +290,7 @@ class Gallery:
             GalleryError: the text side belongs to another image model.
         """
         expected = getattr(text_encoder, "image_artifact_sha256", None)
-        if expected is None or expected != getattr(self.model, "artifact_sha256", None):
+        if expected is None or expected != loaded_weights_sha256(self.model):
             raise GalleryError(
                 "this text model was trained with another image model than the gallery's: "
                 "register the gallery with the image side of the same cross-modal run "

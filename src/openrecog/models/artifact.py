@@ -17,12 +17,14 @@ recorded with their SHA-256 in an ``onnx`` section of ``config.json``; see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
@@ -102,6 +104,7 @@ def save_artifact(
             # Only a lossless save makes the in-memory model *equal* to the artifact; after a
             # lossy one the model keeps pointing at the artifact it really matches (if any).
             model.artifact_sha256 = config["weights_sha256"]
+            model.artifact_state_digest = state_digest(model)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -158,7 +161,8 @@ def load_artifact(path: str | Path, verify: bool = True) -> Embedder | EnsembleE
 
     float16 / int8 weights are converted back to float32; the model always runs in float32.
     The model gets ``artifact_metadata``, ``artifact_sha256`` (of the weights file),
-    ``artifact_weights_dtype`` and ``artifact_path`` (the folder, absolute).
+    ``artifact_weights_dtype``, ``artifact_path`` (the folder, absolute) and
+    ``artifact_state_digest`` (see :func:`loaded_weights_sha256`).
 
     Raises:
         ArtifactError: missing files, bad JSON, checksum mismatch or weights that do not fit.
@@ -182,6 +186,7 @@ def load_artifact(path: str | Path, verify: bool = True) -> Embedder | EnsembleE
         raise ArtifactError(f"{weights}: weights do not fit the model ({exc})") from exc
     model.artifact_metadata = config.get("metadata", {})
     model.artifact_sha256 = digest
+    model.artifact_state_digest = state_digest(model)
     model.artifact_weights_dtype = weights_dtype
     # Where the model came from, so that an inference engine can find the artifact's
     # ONNX export (see openrecog.models.onnx_engine); absolute, as the cwd may change.
@@ -189,13 +194,43 @@ def load_artifact(path: str | Path, verify: bool = True) -> Embedder | EnsembleE
     return model.eval()
 
 
+def state_digest(model: torch.nn.Module) -> str:
+    """BLAKE2b digest of every parameter and buffer of ``model`` (names, dtypes, shapes, values).
+
+    Tensor versions or data pointers would be cheaper but miss writes through ``.data``
+    (as EMA and weight-averaging code does); hashing the values costs ~15 ms for the default
+    model and runs only when a model is loaded, saved or handed to an engine or gallery.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in model.state_dict().items():
+        values = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{values.dtype}:{tuple(values.shape)};".encode())
+        # Through uint8 so that dtypes numpy lacks (bfloat16) hash the same way.
+        digest.update(values.reshape(-1).view(torch.uint8).numpy() if values.numel() else b"")
+    return digest.hexdigest()
+
+
+def loaded_weights_sha256(model: torch.nn.Module) -> str | None:
+    """``model.artifact_sha256`` if the model still has the weights it was loaded with, else None.
+
+    Weights changed in place after :func:`load_artifact` (a training step, ``load_state_dict``,
+    weight interpolation) no longer match the artifact's files, its ONNX export or a gallery
+    that links them, so nothing may treat the model as that artifact any more.
+    """
+    sha = getattr(model, "artifact_sha256", None)
+    if sha is None or getattr(model, "artifact_state_digest", None) != state_digest(model):
+        return None
+    return sha
+
+
 def artifact_holds_model(config: dict[str, Any], model: Embedder | EnsembleEmbedder) -> bool:
     """Whether the artifact ``config`` (its ``config.json``) describes exactly ``model``.
 
-    Same weights (by checksum, as loaded) and the same model configuration; a configuration
-    saved before a field existed is compared with that field at its default.
+    Same weights (by checksum as loaded, and unchanged since, see
+    :func:`loaded_weights_sha256`) and the same model configuration; a configuration saved
+    before a field existed is compared with that field at its default.
     """
-    if config.get("weights_sha256") != getattr(model, "artifact_sha256", None):
+    if config.get("weights_sha256") != loaded_weights_sha256(model):
         return False
     try:
         saved = type(model.config).model_validate(config.get("model"))

@@ -25,6 +25,7 @@ from openrecog.models.artifact import (
     CONFIG_FILE,
     ArtifactError,
     artifact_holds_model,
+    loaded_weights_sha256,
     read_artifact_config,
 )
 
@@ -156,9 +157,10 @@ def artifact_onnx_path(model: nn.Module, variant: str = "fp32") -> Path:
         raise OnnxUnavailableError(
             f"{folder} has no {variant} ONNX export (openrecog export --onnx)"
         )
-    if record.get("weights_sha256") != getattr(model, "artifact_sha256", None):
+    if record.get("weights_sha256") != loaded_weights_sha256(model):
         raise OnnxUnavailableError(
-            f"{folder / record['file']} was exported from other weights than the model's"
+            f"{folder / record['file']} was exported from other weights than the model's "
+            "(changed since it was loaded?)"
         )
     if not artifact_holds_model(config, model):
         raise OnnxUnavailableError(

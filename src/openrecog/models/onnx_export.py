@@ -43,7 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openrecog.models.artifact import CONFIG_FILE, ArtifactError, load_artifact
+from openrecog.models.artifact import (
+    CONFIG_FILE,
+    ArtifactError,
+    load_artifact,
+    loaded_weights_sha256,
+)
 from openrecog.models.compression import INT8_MIN_NUMEL, INT8_QMAX
 from openrecog.models.embedder import resolve_preprocessing
 from openrecog.models.onnx_engine import (
@@ -606,7 +611,7 @@ def add_onnx_to_artifact(
         model = load_artifact(path)
     config_path = path / CONFIG_FILE
     config = read_json(config_path, ArtifactError)
-    if getattr(model, "artifact_sha256", None) != config.get("weights_sha256"):
+    if loaded_weights_sha256(model) != config.get("weights_sha256"):
         raise ArtifactError(f"{path}: the given model was not loaded from this artifact")
     if config.pop(ONNX_SECTION, None) is not None:
         # Forget the old files before replacing them, so that no moment has config.json
