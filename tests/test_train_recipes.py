@@ -35,6 +35,64 @@ def test_distillation_loss_values() -> None:
         distillation_loss(a, b, "l1")
 
 
+def test_relation_distillation_matches_hand_computation() -> None:
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 8), torch.randn(5, 12)  # dimensions may differ
+
+    def rows(x, t):
+        c = torch.nn.functional.normalize(x - x.mean(0), dim=1)
+        sims = c @ c.T
+        return [
+            torch.log_softmax(torch.cat([sims[i, :i], sims[i, i + 1 :]]) / t, 0) for i in range(5)
+        ]
+
+    for t in (0.1, 0.5):
+        expected = (
+            sum(
+                (lt.exp() * (lt - ls)).sum()
+                for ls, lt in zip(rows(student, t), rows(teacher, t), strict=True)
+            )
+            / 5
+        )
+        got = distillation_loss(student, teacher, "relation", temperature=t)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    # 0.1 is the default temperature of kind=relation.
+    assert distillation_loss(student, teacher, "relation").item() == pytest.approx(
+        distillation_loss(student, teacher, "relation", temperature=0.1).item()
+    )
+    # Only the geometry counts: a rotated, scaled, shifted copy of the teacher costs nothing.
+    rotation, _ = torch.linalg.qr(torch.randn(12, 12))
+    same_geometry = 3.0 * teacher @ rotation + 7.0
+    assert distillation_loss(same_geometry, teacher, "relation").item() == pytest.approx(
+        0, abs=1e-6
+    )
+    # Too few images for a neighbour distribution: zero, and backward still works.
+    pair = torch.randn(2, 8, requires_grad=True)
+    loss = distillation_loss(pair, torch.randn(2, 12), "relation")
+    loss.backward()
+    assert loss.item() == 0.0 and pair.grad is not None
+
+
+def test_relation_distillation_trains_without_a_projection(pattern_folder, tmp_path) -> None:
+    teacher = _teacher_artifact(tmp_path)
+    cfg = tiny_config(
+        pattern_folder,
+        tmp_path,
+        **{"train.name": "rkd", "distill.teacher": str(teacher), "distill.kind": "relation"},
+    )
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.distill_proj, torch.nn.Identity)
+    result = trainer.fit()
+    steps = [r for r in _log(result.run_dir) if "loss/distill" in r]
+    assert len(steps) == 6 and all(r["loss/distill"] > 0 for r in steps)
+    resumed = Trainer(
+        cfg,
+        run_dir=tmp_path / "rkd2",
+        resume=str(result.run_dir / "checkpoints" / "step_00000003"),
+    )
+    assert resumed.step == 3
+
+
 def test_teacher_sees_the_view_in_its_own_normalisation(tmp_path) -> None:
     teacher_model = create_model(
         ModelConfig(

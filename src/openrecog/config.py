@@ -189,14 +189,20 @@ class DistillConfig(_Strict):
     teacher: str | None = Field(
         None, description="teacher model: registered config (lite2_gap_imagenet), artifact path"
     )
-    kind: Literal["cosine", "mse", "kl"] = Field(
+    kind: Literal["cosine", "mse", "kl", "relation"] = Field(
         "cosine",
         description="cosine/mse: embedding → teacher features; kl: embedding → teacher's "
         "class logits, KL of the softmaxes at `temperature` (USI; the teacher must be a "
-        "classifier, e.g. tf_efficientnet_lite2 with its ImageNet head)",
+        "classifier, e.g. tf_efficientnet_lite2 with its ImageNet head); relation: no "
+        "projection, KL of each image's softmax over its in-batch cosine similarities, "
+        "teacher vs student (CompRess/SEED)",
     )
     weight: float = Field(1.0, ge=0.0)
-    temperature: float = Field(1.0, gt=0.0, description="softmax temperature T of kind=kl")
+    temperature: float | None = Field(
+        None,
+        gt=0.0,
+        description="softmax temperature T of kind=kl (default 1.0) or kind=relation (default 0.1)",
+    )
     image_size: int | None = Field(
         None, ge=32, le=1024, description="teacher input size (None: the student's views as is)"
     )

@@ -9,6 +9,13 @@ augmented view.
 ``kind=kl`` is USI's logit distillation instead: the teacher is an ImageNet classifier, the
 student's embedding goes through a trained linear classifier onto the teacher's classes,
 and the loss is ``T² · KL(softmax(t/T) ‖ softmax(s/T))`` (USI: ``T = 1``, weight ``α = 5``).
+
+``kind=relation`` distils the *geometry* of the teacher's features rather than the features:
+for every image of the batch, the softmax over its cosine similarities to the other images
+(centred features, temperature ``T``), teacher vs student, compared by KL (the relational
+distillation of CompRess and SEED, on in-batch neighbours). It needs no projection, so no
+trained layer can absorb the loss while the embedding drifts away from the teacher's
+neighbourhoods, and it asks only for what retrieval uses: which images are near which.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from openrecog.models import Embedder, load_model, resolve_preprocessing
 from openrecog.models.preprocess import convert_preprocessing
 from openrecog.models.pretrained import has_offline_weights, load_offline_pretrained
 
-DISTILL_KINDS: tuple[str, ...] = ("cosine", "mse", "kl")
+DISTILL_KINDS: tuple[str, ...] = ("cosine", "mse", "kl", "relation")
+# kl: USI's T = 1; relation: peaked on the nearest neighbours of centred cosines in [-1, 1].
+DEFAULT_TEMPERATURE: dict[str, float] = {"kl": 1.0, "relation": 0.1}
 
 
 class FrozenTeacher:
@@ -79,8 +88,11 @@ def build_distillation(
     student_dim: int,
     student_mean: list[float],
     student_std: list[float],
-) -> tuple[FrozenTeacher, nn.Linear] | None:
-    """The frozen teacher and the trainable projection for ``cfg`` (None if no teacher)."""
+) -> tuple[FrozenTeacher, nn.Module] | None:
+    """The frozen teacher and the trainable projection for ``cfg`` (None if no teacher).
+
+    ``kind=relation`` compares similarities, not vectors: its "projection" is the identity.
+    """
     if cfg.teacher is None:
         return None
     if cfg.kind == "kl":
@@ -88,6 +100,8 @@ def build_distillation(
     else:
         network = load_model(cfg.teacher)
     teacher = FrozenTeacher(network, student_mean, student_std, cfg.image_size)
+    if cfg.kind == "relation":
+        return teacher, nn.Identity()
     # The kl projection is the student's classifier over the teacher's classes (with bias).
     projection = nn.Linear(student_dim, teacher.feature_dim, bias=cfg.kind == "kl")
     return teacher, projection
@@ -119,16 +133,51 @@ def load_classifier_teacher(name: str) -> nn.Module:
     return model
 
 
+def relation_distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL between the teacher's and the student's in-batch neighbour distributions.
+
+    Row ``i`` of each side is ``softmax_j(cos(x_i, x_j) / T)`` over the other images
+    ``j ≠ i``, after subtracting the batch mean from the features: ImageNet GAP features are
+    non-negative, so their raw cosines all sit near 0.5–0.9, while a normalised embedding's
+    spread over [-1, 1]; centring compares the two on the same footing. Batch mean of
+    ``KL(teacher row ‖ student row)``; zero (with a gradient path) below 3 images, where the
+    neighbour distribution is trivial.
+    """
+    n = student.shape[0]
+    if n < 3:
+        return student.sum() * 0.0
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=student.device)
+
+    def neighbour_log_probs(features: torch.Tensor) -> torch.Tensor:
+        centred = F.normalize(features - features.mean(dim=0, keepdim=True), dim=-1)
+        logits = (centred @ centred.T)[off_diagonal].view(n, n - 1) / temperature
+        return F.log_softmax(logits, dim=-1)
+
+    return F.kl_div(
+        neighbour_log_probs(student),
+        neighbour_log_probs(teacher),
+        log_target=True,
+        reduction="batchmean",
+    )
+
+
 def distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 1.0
+    student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float | None = None
 ) -> torch.Tensor:
     """Distance between projected student outputs and teacher outputs, batch mean.
 
     ``cosine``: ``1 - cos``; ``mse``: squared distance between the L2-normalised vectors
     (scale-free, so a teacher with large raw activations does not swamp the margin loss);
     ``kl``: ``T² · KL(softmax(teacher/T) ‖ softmax(student/T))`` over logits (Hinton et al.;
-    the ``T²`` keeps gradient size independent of ``T``).
+    the ``T²`` keeps gradient size independent of ``T``); ``relation``: see
+    :func:`relation_distillation_loss`. ``temperature`` None: :data:`DEFAULT_TEMPERATURE`.
     """
+    if temperature is None:
+        temperature = DEFAULT_TEMPERATURE.get(kind, 1.0)
+    if kind == "relation":
+        return relation_distillation_loss(student, teacher, temperature)
     if kind == "kl":
         log_p_student = F.log_softmax(student / temperature, dim=-1)
         log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
