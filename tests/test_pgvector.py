@@ -259,6 +259,8 @@ def test_two_galleries_share_one_table(model, pg_uri: str, table: str) -> None:
         "label": "cat",
         "source": "c1",
     }
+    assert b.item(ids[2]) == {"item_id": ids[2], "label": "dog", "source": "d1"}
+    assert b.item(-1) is None
     hit = b.search_embeddings(vectors[2:3], k=2)[0][0]
     assert hit == Hit("dog", pytest.approx(1.0, abs=1e-5), ids[2])
 

@@ -208,6 +208,10 @@ def test_thumbnails(model, tmp_path) -> None:
     assert r.headers["content-type"].startswith("image/svg+xml")
     assert r.headers["x-thumbnail"] == "placeholder"
     assert client.get("/items/12345/thumbnail").status_code == 404
+    assert gallery.item(from_file) == {"item_id": from_file, "label": "cat", "source": str(source)}
+    gallery.remove(from_file)
+    assert gallery.item(from_file) is None
+    assert client.get(f"/items/{from_file}/thumbnail").status_code == 404
 
 
 def test_authentication(model, monkeypatch) -> None:

@@ -171,6 +171,10 @@ class Gallery:
         """Every item as ``{"item_id", "label", "source"}``."""
         return self._store.items()
 
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        """One item as ``{"item_id", "label", "source"}`` (a lookup, not a scan), or None."""
+        return self._store.item(item_id)
+
     # ------------------------------------------------------------------ writing
     def add_embeddings(
         self, vectors: np.ndarray, labels: Sequence[str], sources: Sequence[str] | None = None

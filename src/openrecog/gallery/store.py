@@ -65,6 +65,10 @@ class ItemStore(Protocol):
         """Every item as ``{"item_id", "label", "source"}`` by increasing id."""
         ...
 
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        """One item as ``{"item_id", "label", "source"}``, None if there is no such id."""
+        ...
+
     def search(self, queries: np.ndarray, k: int) -> list[list[SearchRow]]:
         """Top-``k`` ``(id, score, label)`` per query, best first."""
         ...
@@ -166,6 +170,16 @@ class MemoryStore:
             for i in sorted(self.labels)
         ]
 
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        """One item as ``{"item_id", "label", "source"}``, None if there is no such id."""
+        if item_id not in self.labels:
+            return None
+        return {
+            "item_id": item_id,
+            "label": self.labels[item_id],
+            "source": self.sources.get(item_id, ""),
+        }
+
     def search(self, queries: np.ndarray, k: int) -> list[list[SearchRow]]:
         """Top-``k`` ``(id, score, label)`` per query, best first."""
         scores, ids = self.index.search(queries, min(k, len(self)))
@@ -249,6 +263,15 @@ class PgVectorStore:
         with _gallery_errors():
             rows = self.index.items()
         return [{"item_id": i, "label": label, "source": source} for i, label, source in rows]
+
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        """One item as ``{"item_id", "label", "source"}``, None if there is no such id."""
+        with _gallery_errors():
+            found = self.index.labels_for([item_id])
+        if item_id not in found:
+            return None
+        label, source = found[item_id]
+        return {"item_id": item_id, "label": label, "source": source}
 
     def search(self, queries: np.ndarray, k: int) -> list[list[SearchRow]]:
         """Top-``k`` ``(id, score, label)`` per query, best first (labels from the same query)."""

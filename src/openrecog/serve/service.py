@@ -312,13 +312,12 @@ class GalleryService:
             HTTPException: 404 no such item.
         """
         with self.lock:
-            source = next(
-                (item["source"] for item in self.gallery.items() if item["item_id"] == item_id),
-                None,
-            )
-        if source is None:
+            # One lookup: the page asks for a thumbnail per shown item, and listing every
+            # item for each would cost O(gallery size) per image.
+            item = self.gallery.item(item_id)
+        if item is None:
             raise HTTPException(404, f"no item with id {item_id}")
-        return self.thumbnails.get(item_id, source)
+        return self.thumbnails.get(item_id, item["source"])
 
     def health(self) -> HealthOut:
         """What the service serves, for monitoring."""
