@@ -3,13 +3,16 @@
 Usage:
     python bench/quality.py                      # everything the issue asks for
     python bench/quality.py --models default lite0_gap_imagenet --no-finetune --no-train
+    python bench/quality.py --resume --models default@320 --no-finetune --no-train
 
 Rows: the shipped default model (and its 64-d variant), the ImageNet-only GAP baselines,
 the default model fine-tuned on each set's train split (``configs/finetune.yaml``, the
 "user fine-tunes on their own data" path) and the DocClassifier-like LCNet-0.5 trained by
-the default recipe (``configs/default.yaml`` with LCNet-0.5 at 128 px). Each test image is
-queried against all other test images of its set (leave-one-out). Latency is the median
-forward time per image on one CPU thread, after warm-up. Writes docs/benchmarks/quality.{json,md}.
+the default recipe (``configs/default.yaml`` with LCNet-0.5 at 128 px). ``MODEL@SIZE`` runs
+a model at another input size (``Embedder.set_image_size``; same weights, gap necks only).
+Each test image is queried against all other test images of its set (leave-one-out).
+Latency is the median forward time per image on one CPU thread, after warm-up.
+Writes docs/benchmarks/quality.{json,md}.
 """
 
 from __future__ import annotations
@@ -58,6 +61,15 @@ def model_size_mb(model: Embedder, name: str) -> float:
         if is_artifact(path):
             return (path / WEIGHTS_FILE).stat().st_size / 1e6
     return sum(p.numel() * p.element_size() for p in model.state_dict().values()) / 1e6
+
+
+def load_bench_model(spec: str) -> tuple[Embedder, str]:
+    """``(model, source)`` for ``NAME`` or ``NAME@SIZE`` (the model run at SIZE px)."""
+    name, _, size = spec.partition("@")
+    model = load_model(name)
+    if size:
+        model.set_image_size(int(size))
+    return model, name
 
 
 def latency_ms(model: Embedder, batch: int, repeats: int, warmup: int = 3) -> float:
@@ -119,7 +131,8 @@ def main() -> None:
     for name in args.models:
         todo = {d: r for d, r in datasets.items() if not report.has(name, d)}
         if todo:
-            report.add(measure(name, load_model(name), name, todo, args.latency_repeats))
+            model, source = load_bench_model(name)
+            report.add(measure(name, model, source, todo, args.latency_repeats))
 
     if not args.no_finetune:
         label = f"{args.finetune}+ft"

@@ -1,7 +1,8 @@
-"""Projection heads (mlp, bn_linear), test-time augmentation and model ensembles."""
+"""Projection heads (mlp, bn_linear), test-time augmentation, input size and ensembles."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,9 @@ from openrecog.models import (
     tta_views,
 )
 from openrecog.models.artifact import CONFIG_FILE, WEIGHTS_FILE
+from openrecog.models.encoder import ImageEncoder
 from openrecog.models.preprocess import convert_preprocessing
+from tests.conftest import draw_pattern
 
 TINY = {"backbone": "lcnet_050", "pretrained": False, "image_size": 64}
 # Member 1 of the ensembles: another input size and other normalisation statistics.
@@ -250,6 +253,28 @@ def test_set_tta_updates_config_and_artifact(tmp_path) -> None:
     x = images()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_set_image_size_runs_a_gap_model_at_another_resolution(tmp_path) -> None:
+    model = tiny()
+    pictures = [draw_pattern(k, k) for k in range(3)]
+    at_64 = ImageEncoder(model, device="cpu").encode(pictures)
+    assert model.set_image_size(96) is model and model.config.image_size == 96
+    # The encoder now prepares 96-px inputs: the same as a model built at 96 with these weights.
+    built_at_96 = Embedder(model.config.model_copy(), load_pretrained=False)
+    built_at_96.load_state_dict(model.state_dict())
+    at_96 = ImageEncoder(model, device="cpu").encode(pictures)
+    np.testing.assert_allclose(
+        at_96, ImageEncoder(built_at_96.eval(), device="cpu").encode(pictures)
+    )
+    assert np.abs(at_96 - at_64).max() > 1e-3
+    loaded = load_artifact(save_artifact(model, tmp_path / "m"))
+    assert loaded.config.image_size == 96
+    with pytest.raises(ValueError, match="greater than or equal to 32"):
+        model.set_image_size(16)
+    assert model.config.image_size == 96
+    with pytest.raises(ValueError, match="only a gap neck"):
+        tiny(neck="squeeze").set_image_size(96)
 
 
 # ------------------------------------------------------------------------------ ensembles

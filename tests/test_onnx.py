@@ -138,6 +138,31 @@ def test_weights_changed_after_loading_leave_the_artifact_behind(
     assert ImageEncoder(unchanged, device="cpu").engine_name == "onnxruntime"
 
 
+def test_cli_export_at_another_image_size(source, tmp_path) -> None:
+    out = tmp_path / "at96"
+    result = runner.invoke(app, ["export", str(source), str(out), "--image-size", "96", "--onnx"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / CONFIG_FILE).read_text())["model"]["image_size"] == 96
+    model = load_artifact(out)
+    encoder = ImageEncoder(model, device="cpu")
+    assert encoder.engine_name == "onnxruntime" and encoder.onnx_engine.image_size == 96
+    pictures = images(4)
+    np.testing.assert_allclose(
+        encoder.encode(pictures),
+        ImageEncoder(model, device="cpu", engine="torch").encode(pictures),
+        atol=1e-4,
+    )
+    squeeze = save_artifact(
+        create_model(CONFIG.model_copy(update={"neck": "squeeze"}), pretrained=False).eval(),
+        tmp_path / "squeeze",
+    )
+    result = runner.invoke(
+        app, ["export", str(squeeze), str(tmp_path / "s96"), "--image-size", "96"]
+    )
+    assert result.exit_code != 0 and "only a gap neck" in result.output
+    assert not (tmp_path / "s96").exists()
+
+
 def test_tampered_onnx_is_refused(exported, tmp_path) -> None:
     out, _ = exported
     copy = shutil.copytree(out, tmp_path / "copy")

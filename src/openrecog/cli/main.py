@@ -557,6 +557,12 @@ def export(
         TtaMode | None,
         typer.Option(help="test-time augmentation of the exported model (default: keep)"),
     ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            help="input size of the exported model (gap neck only; default: keep)", min=32
+        ),
+    ] = None,
     force: ForceOption = False,
     onnx: OnnxOption = False,
     int8_onnx: Int8OnnxOption = False,
@@ -573,6 +579,10 @@ def export(
     embedder = load_model(model)
     if tta is not None:
         embedder.set_tta(tta.value)
+    if image_size is not None:
+        if not hasattr(embedder, "set_image_size"):
+            raise ValueError("--image-size: an ensemble's members keep their own sizes")
+        embedder.set_image_size(image_size)
     metadata = {
         **(getattr(embedder, "artifact_metadata", None) or {}),
         "exported_from": model,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
-from openrecog.config import ModelConfig
+from openrecog.config import ModelConfig, format_validation_error
 
 # Registers the cp2_* backbones with timm, so timm.create_model and get_pretrained_cfg know them.
 from openrecog.models import cp2 as _cp2  # noqa: F401
@@ -127,6 +128,33 @@ class Embedder(nn.Module):
             ValueError: ``mode`` is not one of ``none | flip | crops | flip_crops``.
         """
         self.config = self.config.model_copy(update={"tta": check_tta_mode(mode)})
+        return self
+
+    def set_image_size(self, size: int) -> Embedder:
+        """Run at ``size`` × ``size`` pixels from now on (recorded in ``config``); returns self.
+
+        A pooling neck sees any feature-map size, so a model trained at one resolution can
+        run at another without retraining; CNNs trained with random-resized crops often do
+        better a little above their training size (Touvron et al., "Fixing the train-test
+        resolution discrepancy", 2019). Measure it on your data: bench/quality.py rows
+        ``MODEL@SIZE``.
+
+        Raises:
+            ValueError: the neck is not ``gap`` (flatten/squeeze necks fix the feature-map
+                size), or ``size`` is outside the configuration's bounds.
+        """
+        if self.config.neck != "gap":
+            raise ValueError(
+                f"model.neck={self.config.neck} flattens a fixed {self.config.image_size}-px "
+                "feature map; only a gap neck can run at another image size"
+            )
+        try:
+            config = type(self.config).model_validate(
+                {**self.config.model_dump(), "image_size": size}
+            )
+        except ValidationError as exc:
+            raise ValueError(f"image size {size}: {format_validation_error(exc)}") from exc
+        self.config = config
         return self
 
 
