@@ -204,14 +204,15 @@ class Report:
             json.dumps({"machine": self.machine, "rows": self.rows}, indent=2, default=float)
         )
         (self.output / "quality.md").write_text(
-            f"{self.table()}\n\nMeasured with `python bench/quality.py` on {self.machine}, no "
-            "GPU. Test splits are class-disjoint from the train splits; every test image is "
+            f"{self.table()}\n\nMeasured with `python bench/quality.py` on {self.machine}. "
+            "Test splits are class-disjoint from the train splits; every test image is "
             "queried against the other test images of its set. `size_mb`: weights file as "
             "stored. `ms_b1`/`ms_b32`: median forward time per image on one CPU thread at the "
             "model's input size. `train_min`: wall-clock minutes of the training run of that "
             "row (`+ft`: fine-tuning the default model on the set's train split with "
             "`configs/finetune.yaml`; `docclassifier_lcnet050`: `configs/default.yaml` on "
-            "LCNet-0.5 at 128 px from random initialisation).\n"
+            "LCNet-0.5 at 128 px from random initialisation). `MODEL@SIZE`: that model's weights "
+            "run at SIZE × SIZE px (`Embedder.set_image_size`).\n"
         )
 
     def table(self) -> str:
