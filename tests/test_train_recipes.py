@@ -73,26 +73,6 @@ def test_relation_distillation_matches_hand_computation() -> None:
     assert loss.item() == 0.0 and pair.grad is not None
 
 
-def test_relation_distillation_trains_without_a_projection(pattern_folder, tmp_path) -> None:
-    teacher = _teacher_artifact(tmp_path)
-    cfg = tiny_config(
-        pattern_folder,
-        tmp_path,
-        **{"train.name": "rkd", "distill.teacher": str(teacher), "distill.kind": "relation"},
-    )
-    trainer = Trainer(cfg)
-    assert isinstance(trainer.distill_proj, torch.nn.Identity)
-    result = trainer.fit()
-    steps = [r for r in _log(result.run_dir) if "loss/distill" in r]
-    assert len(steps) == 6 and all(r["loss/distill"] > 0 for r in steps)
-    resumed = Trainer(
-        cfg,
-        run_dir=tmp_path / "rkd2",
-        resume=str(result.run_dir / "checkpoints" / "step_00000003"),
-    )
-    assert resumed.step == 3
-
-
 def test_teacher_sees_the_view_in_its_own_normalisation(tmp_path) -> None:
     teacher_model = create_model(
         ModelConfig(
@@ -118,21 +98,32 @@ def test_no_teacher_means_no_distillation() -> None:
     assert build_distillation(DistillConfig(), 32, [0.5] * 3, [0.5] * 3) is None
 
 
-def test_distillation_trains_projection_and_resumes(pattern_folder, tmp_path) -> None:
+@pytest.mark.parametrize("kind", ["cosine", "relation"])
+def test_distillation_trains_and_resumes(kind, pattern_folder, tmp_path) -> None:
     teacher = _teacher_artifact(tmp_path)
     cfg = tiny_config(
         pattern_folder,
         tmp_path,
-        **{"train.name": "kd", "distill.teacher": str(teacher), "distill.weight": 2.0},
+        **{
+            "train.name": "kd",
+            "distill.teacher": str(teacher),
+            "distill.kind": kind,
+            "distill.weight": 2.0,
+        },
     )
     trainer = Trainer(cfg)
-    assert trainer.distill_proj.weight.shape == (48, 32)
-    before = trainer.distill_proj.weight.detach().clone()
+    if kind == "relation":  # compares similarities: nothing to project
+        assert isinstance(trainer.distill_proj, torch.nn.Identity)
+    else:
+        assert trainer.distill_proj.weight.shape == (48, 32)
+        before = trainer.distill_proj.weight.detach().clone()
     result = trainer.fit()
-    assert not torch.equal(before, trainer.distill_proj.weight)
+    if kind != "relation":
+        assert not torch.equal(before, trainer.distill_proj.weight)
     steps = [r for r in _log(result.run_dir) if "loss/distill" in r]
     assert len(steps) == 6
     for record in steps:
+        assert record["loss/distill"] > 0
         expected = record["loss/margin"] + 2.0 * record["loss/distill"]
         assert record["loss"] == pytest.approx(expected, rel=1e-5)
     resumed = Trainer(
