@@ -24,7 +24,7 @@ from torch import nn
 from openrecog.models.artifact import (
     CONFIG_FILE,
     ArtifactError,
-    artifact_holds_model,
+    artifact_config_matches,
     loaded_weights_sha256,
     read_artifact_config,
 )
@@ -157,12 +157,14 @@ def artifact_onnx_path(model: nn.Module, variant: str = "fp32") -> Path:
         raise OnnxUnavailableError(
             f"{folder} has no {variant} ONNX export (openrecog export --onnx)"
         )
-    if record.get("weights_sha256") != loaded_weights_sha256(model):
+    # One digest of the model's state serves both weight checks (it hashes every weight).
+    loaded_sha = loaded_weights_sha256(model)
+    if record.get("weights_sha256") != loaded_sha:
         raise OnnxUnavailableError(
             f"{folder / record['file']} was exported from other weights than the model's "
             "(changed since it was loaded?)"
         )
-    if not artifact_holds_model(config, model):
+    if config.get("weights_sha256") != loaded_sha or not artifact_config_matches(config, model):
         raise OnnxUnavailableError(
             f"the model's configuration changed since it was loaded from {folder} "
             "(e.g. its tta); the ONNX graph no longer matches it"
