@@ -158,6 +158,29 @@ def test_frozen_backbone_steps_leave_backbone_untouched(pattern_folder, tmp_path
     assert changed
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_bn_stats_keeps_running_statistics_and_trains_the_rest(
+    pattern_folder, tmp_path, freeze
+) -> None:
+    cfg = tiny_config(
+        pattern_folder,
+        tmp_path,
+        **{"train.name": f"bn{freeze}", "train.freeze_bn_stats": freeze, "train.max_steps": 2},
+    )
+    trainer = Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.backbone.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in before if k not in stats and not k.endswith("num_batches_tracked")]
+    assert stats and weights
+    kept = [torch.equal(after[k], before[k]) for k in stats]
+    assert all(kept) if freeze else not any(kept)
+    assert any(not torch.equal(after[k], before[k]) for k in weights)
+    # The neck's BatchNorm is not the backbone's: it still learns its statistics.
+    assert trainer.model.neck.norm[1].num_batches_tracked.item() > 0
+
+
 def test_extra_folders_add_one_class_per_image(pattern_folder, tmp_path) -> None:
     extra = tmp_path / "extra"
     (extra / "a").mkdir(parents=True)

@@ -246,6 +246,12 @@ class TrainConfig(_Strict):
     freeze_backbone_steps: int = Field(
         0, ge=0, description="train only neck and head for the first N steps (LP-FT)"
     )
+    freeze_bn_stats: bool = Field(
+        False,
+        description="keep the backbone's BatchNorm running statistics (eval-mode BN, "
+        "affine weights still trained; mmdet's norm_eval): statistics re-estimated on "
+        "synthetic training images cost pretrained features most of their transfer",
+    )
     alternate_steps: int = Field(
         0,
         ge=0,

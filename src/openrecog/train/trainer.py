@@ -529,6 +529,8 @@ class Trainer:
         # Linear probing (LP-FT, alternating): a frozen backbone keeps its BN statistics too,
         # and so does a frozen neck.
         self.model.backbone.train(not frozen)
+        if tc.freeze_bn_stats:
+            freeze_batchnorm_statistics(self.model.backbone)
         self.model.neck.train(phase != "backbone")
         self.head.train()
         margin = margin_at(
@@ -812,6 +814,18 @@ class _PooledFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(images).mean(dim=(2, 3)).float()
+
+
+def freeze_batchnorm_statistics(module: nn.Module) -> None:
+    """Put every BatchNorm layer in ``module`` into eval mode, so it keeps its statistics.
+
+    Only the running mean and variance are frozen; the affine weights still get gradients.
+    Unlike timm's ``freeze_batch_norm_2d`` the layers stay ``BatchNorm2d``, so artifacts and
+    ONNX export see the same modules as without it. Call after every ``module.train()``.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
 
 
 def _classifier_options(lc: LossConfig) -> dict[str, Any]:
