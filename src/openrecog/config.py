@@ -249,8 +249,8 @@ class TrainConfig(_Strict):
     freeze_bn_stats: bool = Field(
         False,
         description="keep the backbone's BatchNorm running statistics (eval-mode BN, "
-        "affine weights still trained; mmdet's norm_eval): statistics re-estimated on "
-        "synthetic training images cost pretrained features most of their transfer",
+        "affine weights still trained; mmdet's norm_eval), for a pretrained backbone "
+        "trained on images unlike its own (bench/bn_statistics.py)",
     )
     alternate_steps: int = Field(
         0,
