@@ -23,29 +23,29 @@ from machine import machine_name
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from openrecog.config import load_config
+from openrecog.config import ExperimentConfig, load_config
 from openrecog.data.datasets import AugmentedDataset, csv_dataset
 from openrecog.data.factory import build_train_dataset
-from openrecog.data.samplers import ClassBalancedBatchSampler
 from openrecog.data.transforms import build_train_transform
 from openrecog.eval.evaluate import evaluate_model
 from openrecog.eval.table import format_table
 from openrecog.models import Embedder, load_model
 from openrecog.models.embedder import resolve_preprocessing
+from openrecog.train.trainer import class_balanced_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["model", "bn_batches", "data", "p@1", "map@5", "mp@5", "tpr@fpr=1e-03", "auroc"]
 
 
-def training_batches(config_path: Path, image_size: int) -> DataLoader:
-    """The class-balanced loader of augmented training views that ``config_path`` trains on."""
-    config = load_config(config_path)
+def training_batches(config: ExperimentConfig, image_size: int) -> DataLoader:
+    """The class-balanced loader of augmented training views that ``config`` trains on.
+
+    Every ``iter()`` starts the same first epoch, so shorter runs see a prefix of longer ones.
+    """
     pre = resolve_preprocessing(config.model)
     base = build_train_dataset(config.data, image_size)
     transform = build_train_transform(image_size, pre["mean"], pre["std"], config.data.augment)
-    sampler = ClassBalancedBatchSampler(
-        base.labels, config.train.batch_size, config.data.images_per_class, seed=config.train.seed
-    )
+    sampler = class_balanced_sampler(config, base.labels, config.train.batch_size)
     return DataLoader(AugmentedDataset(base, transform), batch_sampler=sampler)
 
 
@@ -77,11 +77,13 @@ def main() -> None:
     if any(n < 1 for n in args.batches):
         parser.error("--batches must be positive")
 
+    config = load_config(args.config)
+    loader = None
     rows = []
     for batches in [0, *args.batches]:
         model = load_model(args.model).eval()
         if batches:
-            loader = training_batches(args.config, model.config.image_size)
+            loader = loader or training_batches(config, model.config.image_size)
             reestimate_bn_statistics(model, loader, batches)
         for data_name, root in datasets.items():
             metrics = evaluate_model(model, csv_dataset(root, split="test"), batch_size=32)
@@ -99,7 +101,7 @@ def main() -> None:
     (args.output / "bn_statistics.md").write_text(
         f"{table}\n\nMeasured with `python bench/bn_statistics.py` on {machine}. "
         f"`bn_batches`: batches of {args.config.name}'s training stream (batch "
-        f"{load_config(args.config).train.batch_size}) run through the backbone in training "
+        f"{config.train.batch_size}) run through the backbone in training "
         "mode with no gradient step before evaluating (0: the model as loaded); only the "
         "BatchNorm running statistics change. Leave-one-out retrieval on the class-disjoint "
         "test splits, as in quality.md.\n"

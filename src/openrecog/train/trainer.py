@@ -6,6 +6,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from openrecog.config import ExperimentConfig, LossConfig
+from openrecog.config import DataConfig, ExperimentConfig, LossConfig
 from openrecog.data.datasets import AugmentedDataset
 from openrecog.data.factory import build_eval_dataset, build_train_dataset
 from openrecog.data.samplers import ClassBalancedBatchSampler, ShuffledBatchSampler
@@ -188,21 +189,16 @@ class Trainer:
             self.train_base = build_train_dataset(config.data, pre["image_size"])
             self.num_train_classes = len(self.train_base.class_names)
             # Instance-as-class: each "class" is one image, shown as K augmented views per batch.
-            per_class = config.data.images_per_class
-            if config.data.instance_as_class:
-                per_class = config.data.views_per_instance
             if world > 1:
-                _check_global_batch(tc.batch_size, per_class, world, self.num_train_classes)
+                _check_global_batch(
+                    tc.batch_size, views_per_class(config.data), world, self.num_train_classes
+                )
             if self.classify:
                 # Classification needs no fixed number of images per class in a batch.
                 sampler = ShuffledBatchSampler(len(self.train_base), tc.batch_size, tc.seed)
             else:
-                sampler = ClassBalancedBatchSampler(
-                    self.train_base.labels,
-                    tc.batch_size * world,
-                    per_class,
-                    seed=tc.seed,
-                    class_sampling_power=config.data.class_sampling_power,
+                sampler = class_balanced_sampler(
+                    config, self.train_base.labels, tc.batch_size * world
                 )
             self.sampler = sampler
             if world > 1:
@@ -814,6 +810,24 @@ class _PooledFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(images).mean(dim=(2, 3)).float()
+
+
+def views_per_class(data: DataConfig) -> int:
+    """Images of each class in a batch; instance-as-class: K augmented views of one image."""
+    return data.views_per_instance if data.instance_as_class else data.images_per_class
+
+
+def class_balanced_sampler(
+    config: ExperimentConfig, labels: Sequence[int], batch_size: int
+) -> ClassBalancedBatchSampler:
+    """The batch sampler of metric-learning training on ``labels`` (global ``batch_size``)."""
+    return ClassBalancedBatchSampler(
+        labels,
+        batch_size,
+        views_per_class(config.data),
+        seed=config.train.seed,
+        class_sampling_power=config.data.class_sampling_power,
+    )
 
 
 def freeze_batchnorm_statistics(module: nn.Module) -> None:
