@@ -16,7 +16,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from openrecog.data.datasets import DatasetError, SkippedFile, labelled_image_files
-from openrecog.data.images import ImageInput, ImageLoadError, load_image
+from openrecog.data.images import ImageInput, ImageLoadError
 from openrecog.gallery.errors import GalleryError
 from openrecog.gallery.store import ItemStore, MemoryStore, PgVectorStore
 from openrecog.gallery.validate import check_items, check_manifest
@@ -221,7 +221,7 @@ class Gallery:
         for image, label in zip(images, clean, strict=False):
             name = str(image) if isinstance(image, str | Path) else "<image>"
             try:
-                loaded.append(load_image(image))
+                loaded.append(self.encoder.load(image))
             except ImageLoadError as exc:
                 report.skipped.append(SkippedFile(name, str(exc).removeprefix(f"{name}: ")))
                 continue

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from starlette.exceptions import HTTPException
 
-from openrecog.data.images import ImageLoadError, load_image
+from openrecog.data.images import ImageLoadError
 from openrecog.gallery import UNKNOWN, Gallery, GalleryError, Hit
 from openrecog.gallery.gallery import validate_label
 from openrecog.serve.middleware import Deadline, ServeMetrics
@@ -127,7 +127,7 @@ class GalleryService:
         errors: list[str | None] = []
         for upload in uploads:
             try:
-                images.append(load_image(upload.data))
+                images.append(self.gallery.encoder.load(upload.data))
                 errors.append(None)
                 self.metrics.images.labels(operation, "ok").inc()
             except ImageLoadError as exc:

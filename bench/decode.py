@@ -1,0 +1,127 @@
+"""What reduced-scale JPEG decoding saves per image, and what it changes in the embeddings.
+
+Usage:
+    python bench/decode.py                 # the shipped default model, 1.2 / 3 / 12 Mpx photos
+
+``ImageEncoder.load`` decodes JPEGs with libjpeg's DCT scaling (1/2, 1/4 or 1/8) down to twice
+the model's input side (``load_image(..., min_side=...)``); before, every JPEG was decoded
+whole and then resized. For photo-like JPEGs (quality 90, generated here: smooth shading,
+blocks, sensor-like noise) of phone-camera sizes, this measures the median single-thread time
+of decoding alone and of decode + preprocess + forward at batch 1, both ways, and the cosine
+between the two embeddings. Writes docs/benchmarks/decode.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from machine import machine_name
+from PIL import Image
+
+from openrecog.data.images import load_image
+from openrecog.eval.table import format_table
+from openrecog.models import load_model
+from openrecog.models.encoder import ImageEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = [(1280, 960), (2048, 1536), (4000, 3000)]
+COLUMNS = [
+    "megapixels",
+    "decoded_as",
+    "decode_ms_whole",
+    "decode_ms_reduced",
+    "embed_ms_whole",
+    "embed_ms_reduced",
+    "cosine",
+]
+
+
+def photo_like(width: int, height: int, seed: int) -> Image.Image:
+    """Smooth colour gradients, flat blocks with sharp edges and per-pixel noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32) / max(width, height)
+    shade = np.stack([np.sin(6 * x + c) * np.cos(4 * y - c) for c in (0.0, 1.5, 3.0)], -1)
+    cell = max(8, width // 50)
+    blocks = rng.random((height // cell + 1, width // cell + 1, 3), dtype=np.float32)
+    blocks = blocks.repeat(cell, 0).repeat(cell, 1)[:height, :width]
+    noise = rng.normal(0, 0.04, (height, width, 3)).astype(np.float32)
+    pixels = 0.3 * shade + 0.5 * blocks + noise + 0.2
+    return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+
+
+def median_ms(work: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``work()`` in milliseconds, after one warm-up call."""
+    work()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    """Measure each photo size both ways and write the JSON and Markdown results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    encoder = ImageEncoder(load_model(args.model), batch_size=1, engine="torch", device="cpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for seed, (width, height) in enumerate(SIZES):
+            path = Path(folder) / f"photo_{width}x{height}.jpg"
+            photo_like(width, height, seed).save(path, quality=90)
+            reduced = encoder.load(path)
+            whole = encoder.encode([load_image(path)])
+            fast = encoder.encode([path])
+            rows.append(
+                {
+                    "megapixels": round(width * height / 1e6, 1),
+                    "decoded_as": f"{reduced.width}x{reduced.height}",
+                    "decode_ms_whole": median_ms(lambda p=path: load_image(p), args.repeats),
+                    "decode_ms_reduced": median_ms(lambda p=path: encoder.load(p), args.repeats),
+                    "embed_ms_whole": median_ms(
+                        lambda p=path: encoder.encode([load_image(p)]), args.repeats
+                    ),
+                    "embed_ms_reduced": median_ms(lambda p=path: encoder.encode([p]), args.repeats),
+                    "cosine": float(np.sum(whole * fast)),
+                }
+            )
+            print(format_table([rows[-1]], columns=COLUMNS), flush=True)
+
+    machine = machine_name().replace(f"{torch.get_num_threads()} CPU threads", "1 CPU thread")
+    size = encoder.preprocessing["image_size"]
+    (args.output / "decode.json").write_text(
+        json.dumps(
+            {"machine": machine, "model": args.model, "image_size": size, "rows": rows}, indent=2
+        )
+        + "\n"
+    )
+    table = format_table(rows, columns=COLUMNS, floatfmt=".4g")
+    (args.output / "decode.md").write_text(
+        "# Reduced-scale JPEG decoding\n\n"
+        f"{table}\n\n"
+        f"Measured with `python bench/decode.py` on {machine}. Model `{args.model}` at "
+        f"{size} px (eager PyTorch, batch 1). Photo-like JPEGs (quality 90) generated by the "
+        f"script. `decoded_as`: the size `ImageEncoder.load` decodes to (libjpeg DCT scaling, "
+        f"both sides at least {2 * size} px). `decode_ms_*`: median time of decoding alone, "
+        "whole (`load_image(path)`) or reduced (`ImageEncoder.load`); `embed_ms_*`: decode, "
+        "preprocess and forward pass of one image; `cosine`: between the two embeddings of the "
+        f"same photo. Median of {args.repeats} runs after one warm-up.\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
