@@ -193,11 +193,15 @@ def test_fuzz_http_and_server_keeps_serving(model) -> None:
 
 
 def test_giant_upload_is_refused_before_decoding(model, monkeypatch) -> None:
-    from openrecog.serve import service as service_module
+    from openrecog.models import encoder as encoder_module
 
-    decoded = []
-    real = service_module.load_image
-    monkeypatch.setattr(service_module, "load_image", lambda d: decoded.append(1) or real(d))
+    decoded = []  # uploads' bytes that reached the decoder
+    real = encoder_module.load_image
+    monkeypatch.setattr(
+        encoder_module,
+        "load_image",
+        lambda d, **kw: (isinstance(d, bytes) and decoded.append(1)) or real(d, **kw),
+    )
     gallery = Gallery(model)
     gallery.register(noise_image(), "seed")
     client = TestClient(

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from openrecog.gallery import Gallery
 from openrecog.models import create_model
+from openrecog.models import encoder as encoder_module
 from openrecog.serve import ServeSettings, create_app, is_loopback_host
-from openrecog.serve import service as service_module
 from tests.conftest import draw_pattern
 
 KEY = "s3cret-key"
@@ -252,10 +252,14 @@ def test_authentication(model, monkeypatch) -> None:
 
 def test_size_limits_refuse_before_decoding(model, monkeypatch) -> None:
     decoded = []
-    real_load = service_module.load_image
-    monkeypatch.setattr(
-        service_module, "load_image", lambda data: decoded.append(1) or real_load(data)
-    )
+    real_load = encoder_module.load_image
+
+    def counting_load(data, **kwargs):
+        if isinstance(data, bytes):  # an upload's bytes, not an image decoded already
+            decoded.append(1)
+        return real_load(data, **kwargs)
+
+    monkeypatch.setattr(encoder_module, "load_image", counting_load)
     gallery = Gallery(model)
     gallery.register(draw_pattern(0, 0), "a")
     client = make_client(gallery, max_upload_bytes=20_000, max_batch=2)
