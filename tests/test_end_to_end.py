@@ -20,7 +20,8 @@ def test_trained_model_beats_untrained(tmp_path) -> None:
         (gallery_root / f"c{kind}").mkdir(parents=True)
         for variant in range(6):
             draw_pattern(kind, variant, 64).save(train_root / f"c{kind}" / f"{variant}.png")
-        draw_pattern(kind, 100, 64).save(gallery_root / f"c{kind}" / "ref.png")
+        for ref in range(100, 103):
+            draw_pattern(kind, ref, 64).save(gallery_root / f"c{kind}" / f"ref{ref}.png")
     queries = [(draw_pattern(k, v, 64), f"c{k}") for k in range(8) for v in range(200, 206)]
 
     cfg = load_config(
@@ -34,7 +35,7 @@ def test_trained_model_beats_untrained(tmp_path) -> None:
             f"data.root={train_root}",
             "data.images_per_class=4",
             "train.batch_size=16",
-            "train.max_steps=60",
+            "train.max_steps=200",
             "train.lr=0.003",
             "train.progress=false",
             f"train.output_dir={tmp_path}",
@@ -49,6 +50,8 @@ def test_trained_model_beats_untrained(tmp_path) -> None:
     trained = load_model(result.run_dir / "last")
     before = _accuracy(untrained, gallery_root, queries)
     after = _accuracy(trained, gallery_root, queries)
-    # Chance is 1/8. Measured here: untrained 0.17, trained 0.44 (random-init LCNet, 60 steps).
+    # Chance is 1/8. Random-init LCNet, 200 steps, 3 references per class; measured here with
+    # train.seed 0-3: untrained 0.06-0.13, trained 0.48-0.75. (60 steps and one reference
+    # passed on one install and failed on the next: 0.08 -> 0.27.)
     assert after > before + 0.2, (before, after)
     assert after >= 0.35, (before, after)
