@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from forward_timing import median_ms
 from machine import machine_name
 from PIL import Image
 
@@ -55,17 +53,6 @@ def photo_like(width: int, height: int, seed: int) -> Image.Image:
     noise = rng.normal(0, 0.04, (height, width, 3)).astype(np.float32)
     pixels = 0.3 * shade + 0.5 * blocks + noise + 0.2
     return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
-
-
-def median_ms(work: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``work()`` in milliseconds, after one warm-up call."""
-    work()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:

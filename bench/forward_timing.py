@@ -1,11 +1,24 @@
-"""Median forward time of a PyTorch model on one CPU thread (shared by the benchmarks)."""
+"""Median timings shared by the benchmarks: any call, and a PyTorch forward on one CPU thread."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
+
+
+def median_ms(work: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``work()`` in milliseconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        work()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 @torch.inference_mode()
@@ -21,13 +34,6 @@ def forward_ms_per_image(
     try:
         model.eval()
         x = torch.randn(batch, 3, image_size, image_size)
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) / batch * 1000)
-        return statistics.median(times)
+        return median_ms(lambda: model(x), repeats, warmup) / batch
     finally:
         torch.set_num_threads(threads)
