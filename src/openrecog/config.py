@@ -28,6 +28,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class FeatureTap(_Strict):
+    """One inner feature map joined to the last one (multi-level features, ``model.taps``)."""
+
+    index: int = Field(
+        ge=0,
+        description="timm feature index of the inner map (forward_intermediates; for "
+        "EfficientNet 0-4 = strides 2, 4, 8, 16, 32)",
+    )
+    grid: int = Field(
+        1, ge=1, le=8, description="average-pool the map to grid x grid cells (keeps layout)"
+    )
+    weight: float = Field(1.0, gt=0.0, description="scale of its L2-normalised pooled vector")
+
+
 class ModelConfig(_Strict):
     """What network maps an image to an embedding, and how images are prepared for it."""
 
@@ -53,6 +67,11 @@ class ModelConfig(_Strict):
         "weights); squeeze: 1x1 conv to C/4, flatten; flatten: whole map (largest)",
     )
     norm: Literal["none", "bn", "ln", "ln_bn"] = "ln_bn"
+    taps: list[FeatureTap] = Field(
+        default_factory=list,
+        description="gap neck only: inner feature maps, grid-pooled and L2-normalised, "
+        "joined to the L2-normalised GAP of the last map before the projection",
+    )
     squeeze_channels: int | None = Field(
         None, ge=1, description="channels after the squeeze neck's 1x1 conv (None: C/4)"
     )
@@ -82,6 +101,18 @@ class ModelConfig(_Strict):
         if value is not None and not 16 <= value <= 4096:
             raise ValueError("embedding_dim must be between 16 and 4096 (64-512 is typical)")
         return value
+
+    @model_validator(mode="after")
+    def _taps_need_gap(self) -> ModelConfig:
+        if self.taps and self.neck != "gap":
+            raise ValueError(
+                f"model.taps need model.neck=gap (the joined vectors have no spatial map to "
+                f"{self.neck}); got neck={self.neck}"
+            )
+        indices = [tap.index for tap in self.taps]
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"model.taps: each feature index at most once, got {indices}")
+        return self
 
 
 class AugmentConfig(_Strict):

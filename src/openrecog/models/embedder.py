@@ -16,6 +16,7 @@ from openrecog.models.budget import check_param_budget, count_parameters
 from openrecog.models.necks import Neck
 from openrecog.models.pca import PCAProjection
 from openrecog.models.pretrained import has_offline_weights, load_offline_pretrained
+from openrecog.models.taps import MultiLevelPool
 from openrecog.models.tta import check_tta_mode, tta_views
 from openrecog.models.weights import load_backbone_checkpoint
 
@@ -60,6 +61,7 @@ class Embedder(nn.Module):
                         "model.pretrained=false (random init) or model.checkpoint=PATH"
                     )
                 load_offline_pretrained(self.backbone, config.backbone)
+        self.taps: MultiLevelPool | None = MultiLevelPool(config.taps) if config.taps else None
         channels, feature_size = self._probe_features(config.image_size)
         self.neck = Neck(
             config.neck,
@@ -85,13 +87,26 @@ class Embedder(nn.Module):
         """Run a dummy image through the backbone to learn its feature-map shape."""
         was_training = self.backbone.training
         self.backbone.eval()
-        features = self.backbone.forward_features(torch.zeros(1, 3, image_size, image_size))
+        dummy = torch.zeros(1, 3, image_size, image_size)
+        try:
+            features = self.forward_features(dummy)
+        except (AttributeError, AssertionError, IndexError, NotImplementedError) as exc:
+            if self.taps is None:
+                raise
+            raise ValueError(
+                f"model.taps at feature indices {self.taps.indices} do not fit "
+                f"{self.config.backbone!r} (it needs timm's forward_intermediates and that "
+                f"many feature levels): {exc}"
+            ) from exc
         self.backbone.train(was_training)
         return features.shape[1], (features.shape[2], features.shape[3])
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone feature map ``(B, C, H, W)``."""
-        return self.backbone.forward_features(images)
+        """Backbone feature map ``(B, C, H, W)``; ``(B, D, 1, 1)`` joined vectors with taps."""
+        if self.taps is None:
+            return self.backbone.forward_features(images)
+        last, inner = self.backbone.forward_intermediates(images, indices=self.taps.indices)
+        return self.taps(last, inner)
 
     def forward_unnormalized(self, images: torch.Tensor) -> torch.Tensor:
         """Embedding before L2 normalisation (what margin heads normalise themselves)."""
