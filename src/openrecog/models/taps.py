@@ -1,8 +1,8 @@
 """Multi-level features: the last map's GAP joined to grid-pooled inner maps.
 
 Receipts and forms are told apart by layout and print (mid-level, spatial), photographs by
-semantics (the last, globally pooled map); bench/quality.py's ``lite0 taps`` probe and the
-CP2 report's multi-level concat both point at joining the two. Each part is L2-normalised
+semantics (the last, globally pooled map); the frozen-feature probe bench/feature_taps.py
+and the CP2 report's multi-level concat both point at joining the two. Each part is L2-normalised
 and scaled by its tap's weight, so the inner maps' many cells do not drown the global vector
 whatever the raw activation scales. The result is a ``(B, D, 1, 1)`` map, so a ``gap`` neck,
 the PCA start of the neck and the distillation all apply unchanged.
