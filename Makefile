@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# Rebuild the shipped default model from scratch (about an hour on 2 CPU cores).
+# Rebuild the shipped default model from scratch (about 30 minutes on 2 CPU cores).
 default-model: $(STAMP)
 	$(PY) scripts/build_stamps.py
 	$(VENV)/bin/openrecog train configs/default.yaml
@@ -27,7 +27,7 @@ default-model: $(STAMP)
 	$(VENV)/bin/openrecog pca runs/default/last src/openrecog/weights/default_64 --dim 64 \
 		--config configs/default.yaml --weights int8 --force --onnx
 
-# docs/benchmarks/quality.md: needs ../shared/data (about 45 min on 2 CPU cores).
+# docs/benchmarks/quality.md: needs ../shared/data (about 40 min on 2 CPU cores).
 quality: $(STAMP)
 	$(PY) bench/quality.py
 

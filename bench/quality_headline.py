@@ -14,8 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     "default": "**default**",
     "default_64": "**default_64**",
-    "default@320": "default at 320 px (same weights, `set_image_size(320)`)",
-    "default_64@320": "default_64 at 320 px",
     "lite0_gap_imagenet": "ImageNet lite0 GAP",
     "lite2_gap_imagenet": "ImageNet lite2 GAP (260 px)",
     "default+ft": "default, fine-tuned on each train split",
