@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from machine import machine_name
+from shared_data import SHARED_DATA, dataset_roots
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -67,13 +68,10 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
     parser.add_argument("--batches", type=int, nargs="+", default=[60])
     parser.add_argument("--datasets", nargs="+", default=["caltech101", "sroie"])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
-    datasets = {name: args.data / name for name in args.datasets}
-    for name, root in datasets.items():
-        if not (root / "labels.csv").is_file():
-            parser.error(f"{name}: {root}/labels.csv not found (see ../shared/data/README.md)")
+    datasets = dataset_roots(parser, args.data, args.datasets)
     if any(n < 1 for n in args.batches):
         parser.error("--batches must be positive")
 

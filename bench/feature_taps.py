@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from machine import machine_name
+from shared_data import SHARED_DATA, dataset_roots
 
 from openrecog.config import ModelConfig
 from openrecog.data.datasets import csv_dataset
@@ -71,13 +72,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["sroie", "caltech101"])
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
-    datasets = {name: args.data / name for name in args.datasets}
-    for name, root in datasets.items():
-        if not (root / "labels.csv").is_file():
-            parser.error(f"{name}: {root}/labels.csv not found (see ../shared/data/README.md)")
+    datasets = dataset_roots(parser, args.data, args.datasets)
 
     rows = []
     for data_name, root in datasets.items():

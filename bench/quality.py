@@ -24,6 +24,7 @@ from pathlib import Path
 
 from forward_timing import forward_ms_per_image
 from machine import machine_name
+from shared_data import SHARED_DATA, dataset_roots
 
 from openrecog.config import load_config
 from openrecog.data.datasets import csv_dataset
@@ -108,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--datasets", nargs="+", default=["sroie", "caltech101", "lfw"])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--finetune", default="default", help="model fine-tuned per dataset")
@@ -120,10 +121,7 @@ def main() -> None:
     parser.add_argument("--latency-repeats", type=int, default=20)
     args = parser.parse_args()
 
-    datasets = {name: args.data / name for name in args.datasets}
-    for name, root in datasets.items():
-        if not (root / "labels.csv").is_file():
-            parser.error(f"{name}: {root}/labels.csv not found (see ../shared/data/README.md)")
+    datasets = dataset_roots(parser, args.data, args.datasets)
     report = Report(args.output, machine_name())
     if args.resume:
         report.load()
