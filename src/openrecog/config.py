@@ -103,7 +103,7 @@ class ModelConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _taps_need_gap(self) -> ModelConfig:
+    def _check_taps(self) -> ModelConfig:
         if self.taps and self.neck != "gap":
             raise ValueError(
                 f"model.taps need model.neck=gap (the joined vectors have no spatial map to "

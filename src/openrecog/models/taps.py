@@ -30,11 +30,6 @@ class MultiLevelPool(nn.Module):
         self.grids = [tap.grid for tap in ordered]
         self.weights = [tap.weight for tap in ordered]
 
-    def output_channels(self, last_channels: int, inner_channels: Sequence[int]) -> int:
-        """Length of the joined vector for maps of these channel counts."""
-        cells = sum(c * g * g for c, g in zip(inner_channels, self.grids, strict=True))
-        return last_channels + cells
-
     def forward(self, last: torch.Tensor, inner: Sequence[torch.Tensor]) -> torch.Tensor:
         """Join the pooled maps (each L2-normalised, inner ones scaled by their weight)."""
         parts = [F.normalize(last.mean(dim=(2, 3)), dim=1)]
