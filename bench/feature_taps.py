@@ -33,8 +33,8 @@ from openrecog.models.encoder import ImageEncoder
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["features", "dim", "data", "p@1", "map@5", "mp@5", "tpr@fpr=1e-03", "auroc"]
 GRID = 3
-# Part name -> (timm feature index, channels); "last" is the last map's GAP.
-PARTS = {"last": (None, 1280), "s8": (2, 40 * GRID * GRID), "s16": (3, 112 * GRID * GRID)}
+# Part name -> timm feature index of the inner map; "last" is the last map's GAP.
+PARTS = {"last": None, "s8": 2, "s16": 3}
 # Row label -> weight of each part joined (absent parts are left out).
 ROWS = {
     "last-map GAP (ImageNet baseline)": {"last": 1.0},
@@ -53,17 +53,25 @@ def tapped_features(root: Path, image_size: int) -> tuple[dict[str, np.ndarray],
         backbone="tf_efficientnet_lite0",
         embedding_dim=None,
         image_size=image_size,
-        taps=[{"index": index, "grid": GRID} for index, _ in PARTS.values() if index is not None],
+        taps=[{"index": index, "grid": GRID} for index in PARTS.values() if index is not None],
     )
     model = create_model(config).eval()
+    # The joined vector is the last map's GAP, then each inner map's grid cells, in PARTS order.
+    backbone = model.backbone
+    widths = [
+        backbone.num_features
+        if index is None
+        else backbone.feature_info[index]["num_chs"] * GRID**2
+        for index in PARTS.values()
+    ]
     dataset = csv_dataset(root, split="test")
     joined = ImageEncoder(model, batch_size=32).encode_dataset(dataset, progress=True)
-    parts, start = {}, 0
-    for name, (_, width) in PARTS.items():
-        block = joined[:, start : start + width]
-        parts[name] = block / np.linalg.norm(block, axis=1, keepdims=True)
-        start += width
-    assert start == joined.shape[1], "the joined layout does not match PARTS"
+    assert sum(widths) == joined.shape[1], "the joined layout does not match PARTS"
+    blocks = np.split(joined, np.cumsum(widths)[:-1], axis=1)
+    parts = {
+        name: block / np.linalg.norm(block, axis=1, keepdims=True)
+        for name, block in zip(PARTS, blocks, strict=True)
+    }
     return parts, list(dataset.labels)
 
 
