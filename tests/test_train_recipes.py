@@ -95,7 +95,8 @@ def test_teacher_sees_the_view_in_its_own_normalisation(tmp_path) -> None:
 
 
 def test_no_teacher_means_no_distillation() -> None:
-    assert build_distillation(DistillConfig(), 32, [0.5] * 3, [0.5] * 3) is None
+    student = create_model(ModelConfig(backbone="lcnet_050", pretrained=False, image_size=64))
+    assert build_distillation(DistillConfig(), student, [0.5] * 3, [0.5] * 3) is None
 
 
 @pytest.mark.parametrize("kind", ["cosine", "relation"])
@@ -246,4 +247,107 @@ def test_neck_init_from_pca_gives_orthogonal_projection(pattern_folder, tmp_path
                 tmp_path,
                 **{"train.neck_init_images": 20, "model.neck": "squeeze"},
             )
+        )
+
+
+def test_neck_init_whiten_gives_unit_variance_axes(pattern_folder, tmp_path) -> None:
+    overrides = {
+        "model.neck": "gap",
+        "model.norm": "none",
+        "model.embedding_dim": 16,
+        "train.neck_init_images": 40,
+    }
+    plain = Trainer(tiny_config(pattern_folder, tmp_path, **overrides, **{"train.name": "p"}))
+    whitened = Trainer(
+        tiny_config(
+            pattern_folder,
+            tmp_path,
+            **overrides,
+            **{"train.name": "w", "train.neck_init_whiten": True},
+        )
+    )
+    # The same images and axes: whitening only rescales the PCA start's rows, each by
+    # 1 / (its axis' spread), and the axes come sorted by decreasing variance.
+    w_plain = plain.model.neck.fc.weight.detach()
+    w_white = whitened.model.neck.fc.weight.detach()
+    torch.testing.assert_close(
+        torch.nn.functional.normalize(w_plain, dim=1),
+        torch.nn.functional.normalize(w_white, dim=1),
+        rtol=0,
+        atol=1e-4,
+    )
+    scale = w_white.norm(dim=1) / w_plain.norm(dim=1)
+    assert torch.all(scale[1:] >= scale[:-1] * (1 - 1e-4))
+    assert scale[-1] > 1.5 * scale[0]
+    torch.testing.assert_close(
+        whitened.model.neck.fc.bias.detach(), plain.model.neck.fc.bias.detach() * scale
+    )
+
+
+def test_neck_init_whiten_needs_the_pca_start(pattern_folder, tmp_path) -> None:
+    with pytest.raises(ValueError, match="set neck_init_images"):
+        tiny_config(pattern_folder, tmp_path, **{"train.neck_init_whiten": True})
+
+
+def test_initial_teacher_is_the_start_of_the_run(pattern_folder, tmp_path) -> None:
+    cfg = tiny_config(
+        pattern_folder,
+        tmp_path,
+        **{
+            "train.name": "lwf",
+            "model.neck": "gap",
+            "model.norm": "none",  # a train-mode BatchNorm would differ from the frozen copy
+            "model.embedding_dim": 16,
+            "train.neck_init_images": 20,
+            "train.freeze_backbone_steps": 4,
+            "distill.teacher": "initial",
+            "distill.kind": "relation",
+        },
+    )
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.distill_proj, torch.nn.Identity)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    # The teacher is the model after the PCA start, not before it.
+    for key, value in trainer.teacher.model.state_dict().items():
+        torch.testing.assert_close(value, start[key], rtol=0, atol=0)
+    result = trainer.fit()
+    neck_key = "neck.fc.weight"
+    assert not torch.equal(trainer.model.state_dict()[neck_key], start[neck_key])
+    torch.testing.assert_close(trainer.teacher.model.state_dict()[neck_key], start[neck_key])
+    distill = [r["loss/distill"] for r in _log(result.run_dir) if "loss/distill" in r]
+    # The student starts as the teacher (zero loss), then trains away from it, through
+    # both the shared-trunk shortcut (steps 0-3) and the full teacher pass (4-5).
+    assert len(distill) == 6
+    assert distill[0] == pytest.approx(0.0, abs=1e-4)
+    assert max(distill) > 1e-4
+    resumed = Trainer(
+        cfg,
+        run_dir=tmp_path / "lwf2",
+        resume=str(result.run_dir / "checkpoints" / "step_00000003"),
+    )
+    torch.testing.assert_close(
+        resumed.teacher.model.state_dict()[neck_key], start[neck_key], rtol=0, atol=0
+    )
+
+
+def test_initial_teacher_shortcut_matches_the_full_pass(tmp_path) -> None:
+    student = create_model(
+        ModelConfig(backbone="lcnet_050", pretrained=False, image_size=64, embedding_dim=16)
+    ).eval()
+    teacher, _ = build_distillation(
+        DistillConfig(teacher="initial", kind="relation"), student, [0.5] * 3, [0.5] * 3
+    )
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        features = student.forward_features(images)
+    # Not bit-equal: the full pass re-normalises the views (to the same mean and std).
+    torch.testing.assert_close(
+        teacher.from_features(features), teacher(images), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_initial_teacher_rejects_logit_distillation(pattern_folder, tmp_path) -> None:
+    with pytest.raises(ValueError, match="not class logits"):
+        tiny_config(
+            pattern_folder, tmp_path, **{"distill.teacher": "initial", "distill.kind": "kl"}
         )

@@ -210,6 +210,10 @@ class LossConfig(_Strict):
     )
 
 
+# distill.teacher naming the student itself, frozen as training starts.
+INITIAL_TEACHER = "initial"
+
+
 class DistillConfig(_Strict):
     """Feature distillation from a frozen teacher (DocClassifier's CLIP-feature recipe).
 
@@ -218,7 +222,11 @@ class DistillConfig(_Strict):
     """
 
     teacher: str | None = Field(
-        None, description="teacher model: registered config (lite2_gap_imagenet), artifact path"
+        None,
+        description="teacher model: registered config (lite2_gap_imagenet), artifact path, or "
+        f"{INITIAL_TEACHER!r}: a frozen copy of the student as training starts (after "
+        "model.init_from or the neck's PCA start), which keeps what the start retrieves well "
+        "(learning without forgetting)",
     )
     kind: Literal["cosine", "mse", "kl", "relation"] = Field(
         "cosine",
@@ -273,6 +281,11 @@ class TrainConfig(_Strict):
         ge=0,
         description="gap neck only: start its Linear as the PCA of this many training images' "
         "pooled backbone features (0: random init)",
+    )
+    neck_init_whiten: bool = Field(
+        False,
+        description="scale each principal axis of the neck's PCA start to unit variance "
+        "(PCA whitening, as in retrieval with pooled CNN features)",
     )
     freeze_backbone_steps: int = Field(
         0, ge=0, description="train only neck and head for the first N steps (LP-FT)"
@@ -372,6 +385,18 @@ class ExperimentConfig(_Strict):
             raise ValueError("train.ema_decay is not supported with loss.name=ce")
         if classify and self.data.instance_as_class:
             raise ValueError("loss.name=ce classifies the data's classes; unset instance_as_class")
+        if self.train.neck_init_whiten and not self.train.neck_init_images:
+            raise ValueError("train.neck_init_whiten whitens the PCA start; set neck_init_images")
+        if self.distill.teacher == INITIAL_TEACHER:
+            if self.distill.kind == "kl":
+                raise ValueError(
+                    "distill.teacher=initial gives embeddings, not class logits; "
+                    "use kind=relation, cosine or mse"
+                )
+            if self.distill.image_size not in (None, self.model.image_size):
+                raise ValueError(
+                    "distill.teacher=initial sees the student's views; unset distill.image_size"
+                )
         return self
 
 

@@ -16,15 +16,22 @@ for every image of the batch, the softmax over its cosine similarities to the ot
 distillation of CompRess and SEED, on in-batch neighbours). It needs no projection, so no
 trained layer can absorb the loss while the embedding drifts away from the teacher's
 neighbourhoods, and it asks only for what retrieval uses: which images are near which.
+
+``teacher: initial`` is the student itself, frozen as training starts (learning without
+forgetting): a fine-tune, or a neck trained on documents, keeps the neighbourhoods its
+starting point gets right elsewhere. While the student's trunk is still untouched the
+teacher reuses the student's feature maps and runs only its own neck.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openrecog.config import DistillConfig
+from openrecog.config import INITIAL_TEACHER, DistillConfig
 from openrecog.models import Embedder, load_model, resolve_preprocessing
 from openrecog.models.preprocess import convert_preprocessing
 from openrecog.models.pretrained import has_offline_weights, load_offline_pretrained
@@ -82,29 +89,49 @@ class FrozenTeacher:
         x = convert_preprocessing(images, *self._student, *self._teacher, self.image_size)
         return self._forward(x).float()
 
+    @torch.no_grad()
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Teacher embeddings from the student's feature maps.
+
+        For an Embedder teacher whose trunk is the student's, as ``teacher: initial`` is
+        until the student's trunk first trains.
+        """
+        return self.model.forward_head(features).float()
+
 
 def build_distillation(
     cfg: DistillConfig,
-    student_dim: int,
+    student: Embedder,
     student_mean: list[float],
     student_std: list[float],
 ) -> tuple[FrozenTeacher, nn.Module] | None:
     """The frozen teacher and the trainable projection for ``cfg`` (None if no teacher).
 
     ``kind=relation`` compares similarities, not vectors: its "projection" is the identity.
+    ``teacher: initial`` copies ``student`` as it is now; a trainer that changes the student
+    before the first step (the neck's PCA start) refreshes the copy with
+    :func:`refresh_initial_teacher`.
     """
     if cfg.teacher is None:
         return None
-    if cfg.kind == "kl":
-        network: nn.Module = load_classifier_teacher(cfg.teacher)
+    if cfg.teacher == INITIAL_TEACHER:
+        network: nn.Module = copy.deepcopy(student)
+    elif cfg.kind == "kl":
+        network = load_classifier_teacher(cfg.teacher)
     else:
         network = load_model(cfg.teacher)
     teacher = FrozenTeacher(network, student_mean, student_std, cfg.image_size)
     if cfg.kind == "relation":
         return teacher, nn.Identity()
     # The kl projection is the student's classifier over the teacher's classes (with bias).
-    projection = nn.Linear(student_dim, teacher.feature_dim, bias=cfg.kind == "kl")
+    projection = nn.Linear(student.embedding_dim, teacher.feature_dim, bias=cfg.kind == "kl")
     return teacher, projection
+
+
+def refresh_initial_teacher(teacher: FrozenTeacher, student: Embedder) -> None:
+    """Make a ``teacher: initial`` copy the student as it is now (weights and buffers)."""
+    teacher.model.load_state_dict(student.state_dict())
+    teacher.model.eval()
 
 
 def load_classifier_teacher(name: str) -> nn.Module:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from openrecog.config import DataConfig, ExperimentConfig, LossConfig
+from openrecog.config import INITIAL_TEACHER, DataConfig, ExperimentConfig, LossConfig
 from openrecog.data.datasets import AugmentedDataset
 from openrecog.data.factory import build_eval_dataset, build_train_dataset
 from openrecog.data.samplers import ClassBalancedBatchSampler, ShuffledBatchSampler
@@ -48,7 +48,11 @@ from openrecog.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from openrecog.train.distill import build_distillation, distillation_loss
+from openrecog.train.distill import (
+    build_distillation,
+    distillation_loss,
+    refresh_initial_teacher,
+)
 from openrecog.train.distributed import (
     RankSliceBatchSampler,
     average_gradients,
@@ -242,9 +246,7 @@ class Trainer:
                     f"loss.margin_start={lc.margin_start} exceeds the final margin "
                     f"{self.margin_cap} (loss.m)"
                 )
-        distill = build_distillation(
-            config.distill, self.model.embedding_dim, pre["mean"], pre["std"]
-        )
+        distill = build_distillation(config.distill, self.model, pre["mean"], pre["std"])
         self.teacher = None
         self.distill_proj: nn.Module | None = None
         if distill is not None:
@@ -287,10 +289,17 @@ class Trainer:
             if self.train_base is None:
                 raise ValueError("train.neck_init_images needs a listed dataset, not shards")
             self.neck_init = init_neck_from_pca(
-                self.model, self.train_base, tc.neck_init_images, tc.batch_size
+                self.model,
+                self.train_base,
+                tc.neck_init_images,
+                tc.batch_size,
+                whiten=tc.neck_init_whiten,
             )
         # Identical replicas from the start, whatever each rank's RNG or PCA did.
         broadcast_module(self.model, self.dist)
+        self.initial_teacher = config.distill.teacher == INITIAL_TEACHER
+        if self.initial_teacher:
+            refresh_initial_teacher(self.teacher, self.model)
         if self.distill_proj is not None:
             broadcast_module(self.distill_proj, self.dist)
         # After the neck's PCA start: the average begins from the weights training begins from.
@@ -392,6 +401,8 @@ class Trainer:
             "world_size": self.dist.world_size,
             "model": self.model.state_dict(),
             "distill": self.distill_proj.state_dict() if self.distill_proj is not None else None,
+            # teacher: initial is the start of this run, which a resumed run cannot rebuild.
+            "teacher": self.teacher.model.state_dict() if self.initial_teacher else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "optimizer": optimizer,
             "sampler": None
@@ -438,6 +449,10 @@ class Trainer:
             if state.get("distill") is None:
                 raise ValueError(f"{path}: checkpoint was made without distillation")
             self.distill_proj.load_state_dict(state["distill"])
+        if self.initial_teacher:
+            if state.get("teacher") is None:
+                raise ValueError(f"{path}: checkpoint was made without distill.teacher=initial")
+            self.teacher.model.load_state_dict(state["teacher"])
         if self.ema is not None:
             if state.get("ema") is None:
                 raise ValueError(f"{path}: checkpoint was made without train.ema_decay")
@@ -565,7 +580,11 @@ class Trainer:
             self.last_losses["margin"] = margin
         if self.teacher is not None and self.distill_proj is not None:
             with autocast:
-                target = self.teacher(images)
+                # Until the trunk first trains it is the teacher's too: run only its neck.
+                if self.initial_teacher and self.step < tc.freeze_backbone_steps:
+                    target = self.teacher.from_features(features)
+                else:
+                    target = self.teacher(images)
             dc = self.config.distill
             distill = distillation_loss(
                 self.distill_proj(embeddings), target.float(), dc.kind, dc.temperature
@@ -755,13 +774,18 @@ class Trainer:
 
 @torch.no_grad()
 def init_neck_from_pca(
-    model: Embedder, dataset, num_images: int, batch_size: int = 32
+    model: Embedder, dataset, num_images: int, batch_size: int = 32, whiten: bool = False
 ) -> dict[str, float]:
     """Set a ``gap`` neck's Linear to the PCA of pooled backbone features of training images.
 
     A random projection of ImageNet features throws away much of what makes them good for
     retrieval, and a short CPU run cannot win it back; starting from the principal subspace
     means the untrained model already retrieves about as well as the raw features.
+    ``whiten`` also scales every axis to unit variance on those images: the few directions
+    of largest variance in pooled CNN features are shared by most images (background,
+    brightness), and equalising them helps retrieval (Jégou & Chum 2012; Radenović et al.
+    2018). It is what a BatchNorm after the Linear converges to, built in from the start,
+    so the untrained model, and a ``teacher: initial`` copy of it, already have it.
     Returns the fit statistics (images used, explained variance).
     """
     from torch.utils.data import Subset
@@ -794,8 +818,12 @@ def init_neck_from_pca(
     # fc(x) = W x + b on raw features; the PCA works on L2-normalised ones, so fold a
     # typical feature norm into W to keep the same directions at the right scale.
     norm = float(np.median(np.linalg.norm(features, axis=1)))
-    neck.fc.weight.copy_(pca.components / norm)
-    neck.fc.bias.copy_(-(pca.components @ pca.mean))
+    scale = torch.ones(pca.out_dim)
+    if whiten:
+        projected = pca(torch.as_tensor(features))
+        scale = 1.0 / projected.std(dim=0).clamp_min(1e-6)
+    neck.fc.weight.copy_(pca.components * scale[:, None] / norm)
+    neck.fc.bias.copy_(-(pca.components @ pca.mean) * scale)
     return {**stats, "images": float(len(features))}
 
 
