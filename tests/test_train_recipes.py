@@ -9,6 +9,7 @@ from openrecog.config import DistillConfig, ModelConfig
 from openrecog.models import create_model, create_model_from_trained, save_artifact
 from openrecog.train import Trainer
 from openrecog.train.distill import FrozenTeacher, build_distillation, distillation_loss
+from openrecog.train.trainer import spread_indices
 
 from .test_trainer import tiny_config
 
@@ -351,3 +352,12 @@ def test_initial_teacher_rejects_logit_distillation(pattern_folder, tmp_path) ->
         tiny_config(
             pattern_folder, tmp_path, **{"distill.teacher": "initial", "distill.kind": "kl"}
         )
+
+
+def test_pca_start_samples_the_whole_training_set() -> None:
+    # 2000 documents then 796 objects: 1000 images must reach into the objects' block.
+    picked = spread_indices(2796, 1000)
+    assert len(picked) == len(set(picked)) == 1000
+    assert picked[0] == 0 and picked[-1] == 2795
+    assert sum(i >= 2000 for i in picked) == pytest.approx(1000 * 796 / 2796, abs=2)
+    assert spread_indices(5, 10) == [0, 1, 2, 3, 4]

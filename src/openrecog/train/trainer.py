@@ -804,8 +804,7 @@ def init_neck_from_pca(
             f"train.neck_init_images={num_images} must exceed model.embedding_dim="
             f"{neck.fc.out_features} (PCA needs more images than components)"
         )
-    step = max(1, len(dataset) // num_images)
-    subset = Subset(dataset, list(range(0, len(dataset), step))[:num_images])
+    subset = Subset(dataset, spread_indices(len(dataset), num_images))
     was_training = model.training
     feature_model = _PooledFeatures(model).eval()
     device = str(next(model.parameters()).device)
@@ -825,6 +824,18 @@ def init_neck_from_pca(
     neck.fc.weight.copy_(pca.components * scale[:, None] / norm)
     neck.fc.bias.copy_(-(pca.components @ pca.mean) * scale)
     return {**stats, "images": float(len(features))}
+
+
+def spread_indices(length: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(length)``, first and last included.
+
+    Concatenated training sets (documents, then ``extra_folders``) are in blocks, so the
+    sample must cover the whole range, not its first ``count`` steps: a fixed stride of
+    ``length // count`` once took only documents for the PCA of a documents + objects set.
+    """
+    if count >= length:
+        return list(range(length))
+    return np.linspace(0, length - 1, count).round().astype(int).tolist()
 
 
 class _PooledFeatures(nn.Module):
