@@ -158,8 +158,9 @@ def main() -> None:
     label = "docclassifier_lcnet050"
     if not args.no_train and not all(report.has(label, d) for d in datasets):
         # The default recipe's data, loss and schedule on DocClassifier's network: LCNet-0.5
-        # at 128 px with a squeeze neck (so no taps, which need a gap neck). No frozen trunk
-        # and no PCA start: LCNet has no offline ImageNet weights, so there is nothing to keep.
+        # at 128 px with a squeeze neck (so no taps, which need a gap neck). No frozen trunk,
+        # no PCA start and no distillation from its own start: LCNet has no offline ImageNet
+        # weights, so there is nothing to keep; it distils from the ImageNet Lite0 instead.
         artifact, minutes = train_run(
             ROOT / "configs" / "default.yaml",
             [
@@ -170,6 +171,9 @@ def main() -> None:
                 "model.taps=[]",
                 "train.freeze_backbone_steps=0",
                 "train.neck_init_images=0",
+                "train.neck_init_whiten=false",
+                "distill.teacher=lite0_gap_imagenet",
+                "distill.weight=1.0",
                 f"train.name={label}",
                 f"train.output_dir={args.runs}",
             ],
