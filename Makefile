@@ -24,8 +24,8 @@ default-model: $(STAMP)
 	$(PY) scripts/build_stamps.py
 	$(VENV)/bin/openrecog train configs/default.yaml
 	$(VENV)/bin/openrecog export runs/default/last src/openrecog/weights/default --weights int8 --force --onnx
-	$(VENV)/bin/openrecog pca runs/default/last src/openrecog/weights/default_64 --dim 64 \
-		--config configs/default.yaml --weights int8 --force --onnx
+	$(VENV)/bin/openrecog train configs/default.yaml model.embedding_dim=64 train.name=default_64
+	$(VENV)/bin/openrecog export runs/default_64/last src/openrecog/weights/default_64 --weights int8 --force --onnx
 
 # docs/benchmarks/quality.md: needs ../shared/data (about 40 min on 2 CPU cores).
 quality: $(STAMP)
