@@ -195,21 +195,24 @@ class Report:
         """Take the rows of an earlier (possibly interrupted) run."""
         path = self.output / "quality.json"
         if path.is_file():
-            self.rows = json.loads(path.read_text())["rows"]
+            data = json.loads(path.read_text())
+            # Files written before rows named their machine: the file's is the best guess.
+            self.rows = [{"machine": data.get("machine"), **row} for row in data["rows"]]
 
     def has(self, model: str, data: str) -> bool:
         """Whether a row for ``model`` on ``data`` exists."""
         return any(r["model"] == model and r["data"] == data for r in self.rows)
 
     def add(self, rows: list[dict]) -> None:
-        """Append rows and rewrite both files."""
-        self.rows += rows
+        """Append rows (measured on this machine) and rewrite both files."""
+        self.rows += [{**row, "machine": self.machine} for row in rows]
         self.output.mkdir(parents=True, exist_ok=True)
         (self.output / "quality.json").write_text(
             json.dumps({"machine": self.machine, "rows": self.rows}, indent=2, default=float)
         )
         (self.output / "quality.md").write_text(
-            f"{self.table()}\n\nMeasured with `python bench/quality.py` on {self.machine}. "
+            f"{self.table()}\n\nMeasured with `python bench/quality.py` on "
+            f"{self.machines()}. Latencies compare only between rows of one machine. "
             "Test splits are class-disjoint from the train splits; every test image is "
             "queried against the other test images of its set. `size_mb`: weights file as "
             "stored. `ms_b1`/`ms_b32`: median forward time per image on one CPU thread at the "
@@ -218,6 +221,17 @@ class Report:
             "`configs/finetune.yaml`; `docclassifier_lcnet050`: `configs/default.yaml` on "
             "LCNet-0.5 at 128 px from random initialisation). `MODEL@SIZE`: that model's weights "
             "run at SIZE × SIZE px (`Embedder.set_image_size`).\n"
+        )
+
+    def machines(self) -> str:
+        """Which machine measured which models (resumed runs may span several)."""
+        models: dict[str, list[str]] = {}
+        for row in self.rows:
+            names = models.setdefault(row.get("machine") or "an unrecorded machine", [])
+            if row["model"] not in names:
+                names.append(row["model"])
+        return "; ".join(
+            f"{machine} ({', '.join(f'`{m}`' for m in names)})" for machine, names in models.items()
         )
 
     def table(self) -> str:
