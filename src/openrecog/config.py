@@ -42,6 +42,25 @@ class FeatureTap(_Strict):
     weight: float = Field(1.0, gt=0.0, description="scale of its L2-normalised pooled vector")
 
 
+class TapGate(_Strict):
+    """An image-dependent weight for ``model.taps`` (``model.tap_gate``).
+
+    A fixed tap weight trades one kind of image against another: documents are told apart by
+    the layout the inner map keeps, photographs by the semantics of the last map, and one
+    weight cannot suit both (docs/benchmarks/feature_taps.md). The gate is a logistic
+    classifier on the last map's L2-normalised GAP, fitted at the start of training to tell
+    the main training images (``data.source``) from ``data.extra_folders``; with its
+    probability ``p`` of the main kind, every tap's weight is multiplied by
+    ``low + (high - low) * p``.
+    """
+
+    low: float = Field(gt=0.0, description="tap weight factor for images like data.extra_folders")
+    high: float = Field(gt=0.0, description="tap weight factor for images like the main data")
+    l2: float = Field(
+        1.0, gt=0.0, description="inverse L2 strength of the fit, as scikit-learn's C"
+    )
+
+
 class ModelConfig(_Strict):
     """What network maps an image to an embedding, and how images are prepared for it."""
 
@@ -71,6 +90,11 @@ class ModelConfig(_Strict):
         default_factory=list,
         description="gap neck only: inner feature maps, grid-pooled and L2-normalised, "
         "joined to the L2-normalised GAP of the last map before the projection",
+    )
+    tap_gate: TapGate | None = Field(
+        None,
+        description="scale the taps by a fitted main-data-vs-extra_folders classifier on "
+        "the GAP (documents get layout, photographs semantics); needs taps",
     )
     squeeze_channels: int | None = Field(
         None, ge=1, description="channels after the squeeze neck's 1x1 conv (None: C/4)"
@@ -109,6 +133,8 @@ class ModelConfig(_Strict):
                 f"model.taps need model.neck=gap (the joined vectors have no spatial map to "
                 f"{self.neck}); got neck={self.neck}"
             )
+        if self.tap_gate is not None and not self.taps:
+            raise ValueError("model.tap_gate scales the model.taps; the model has none")
         indices = [tap.index for tap in self.taps]
         if len(set(indices)) != len(indices):
             raise ValueError(f"model.taps: each feature index at most once, got {indices}")
@@ -287,6 +313,13 @@ class TrainConfig(_Strict):
         description="scale each principal axis of the neck's PCA start to unit variance "
         "(PCA whitening, as in retrieval with pooled CNN features)",
     )
+    neck_init_whiten_power: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="with neck_init_whiten: divide each axis by its standard deviation to "
+        "this power (1: full whitening; 0.5 keeps some of the leading axes' weight)",
+    )
     freeze_backbone_steps: int = Field(
         0, ge=0, description="train only neck and head for the first N steps (LP-FT)"
     )
@@ -387,6 +420,18 @@ class ExperimentConfig(_Strict):
             raise ValueError("loss.name=ce classifies the data's classes; unset instance_as_class")
         if self.train.neck_init_whiten and not self.train.neck_init_images:
             raise ValueError("train.neck_init_whiten whitens the PCA start; set neck_init_images")
+        if self.model.tap_gate is not None and not self.model.init_from:
+            # A fresh gate is fitted beside the neck's PCA start, on the same images.
+            if not self.train.neck_init_images:
+                raise ValueError(
+                    "model.tap_gate is fitted on the train.neck_init_images images at the "
+                    "start of training; set train.neck_init_images"
+                )
+            if not self.data.extra_folders:
+                raise ValueError(
+                    "model.tap_gate tells the main training data from data.extra_folders; "
+                    "set data.extra_folders"
+                )
         if self.distill.teacher == INITIAL_TEACHER:
             if self.distill.kind == "kl":
                 raise ValueError(

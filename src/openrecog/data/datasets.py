@@ -212,6 +212,10 @@ class ConcatClassDataset(Dataset):
         part = bisect.bisect_right(self._starts, index) - 1
         return part, index - self._starts[part]
 
+    def part_of(self, index: int) -> int:
+        """Which of the concatenated datasets item ``index`` comes from (0: the first)."""
+        return self._locate(index)[0]
+
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         """Item ``index`` with its global label."""
         part, local = self._locate(index)

@@ -61,7 +61,11 @@ class Embedder(nn.Module):
                         "model.pretrained=false (random init) or model.checkpoint=PATH"
                     )
                 load_offline_pretrained(self.backbone, config.backbone)
-        self.taps: MultiLevelPool | None = MultiLevelPool(config.taps) if config.taps else None
+        self.taps: MultiLevelPool | None = None
+        if config.taps:
+            self.taps = MultiLevelPool(
+                config.taps, config.tap_gate, last_channels=self.backbone.num_features
+            )
         channels, feature_size = self._probe_features(config.image_size)
         self.neck = Neck(
             config.neck,

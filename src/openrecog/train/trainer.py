@@ -294,6 +294,7 @@ class Trainer:
                 tc.neck_init_images,
                 tc.batch_size,
                 whiten=tc.neck_init_whiten,
+                whiten_power=tc.neck_init_whiten_power,
             )
         # Identical replicas from the start, whatever each rank's RNG or PCA did.
         broadcast_module(self.model, self.dist)
@@ -774,24 +775,34 @@ class Trainer:
 
 @torch.no_grad()
 def init_neck_from_pca(
-    model: Embedder, dataset, num_images: int, batch_size: int = 32, whiten: bool = False
+    model: Embedder,
+    dataset,
+    num_images: int,
+    batch_size: int = 32,
+    whiten: bool = False,
+    whiten_power: float = 1.0,
 ) -> dict[str, float]:
     """Set a ``gap`` neck's Linear to the PCA of pooled backbone features of training images.
 
     A random projection of ImageNet features throws away much of what makes them good for
     retrieval, and a short CPU run cannot win it back; starting from the principal subspace
     means the untrained model already retrieves about as well as the raw features.
-    ``whiten`` also scales every axis to unit variance on those images: the few directions
-    of largest variance in pooled CNN features are shared by most images (background,
-    brightness), and equalising them helps retrieval (Jégou & Chum 2012; Radenović et al.
-    2018). It is what a BatchNorm after the Linear converges to, built in from the start,
-    so the untrained model, and a ``teacher: initial`` copy of it, already have it.
-    Returns the fit statistics (images used, explained variance).
+    ``whiten`` also divides every axis by its standard deviation on those images (to
+    ``whiten_power``; 1 is full whitening): the few directions of largest variance in pooled
+    CNN features are shared by most images (background, brightness), and equalising them
+    helps retrieval (Jégou & Chum 2012; Radenović et al. 2018). It is what a BatchNorm after
+    the Linear converges to, built in from the start, so the untrained model, and a
+    ``teacher: initial`` copy of it, already have it. A model with a tap gate
+    (``model.tap_gate``) has the gate fitted first, on the same images, telling the first
+    part of a :class:`~openrecog.data.datasets.ConcatClassDataset` (the main data) from the
+    others (``extra_folders``); the PCA is then of the gated features.
+    Returns the fit statistics (images used, explained variance, the gate's accuracy).
     """
     from torch.utils.data import Subset
 
     from openrecog.models.encoder import ImageEncoder
     from openrecog.models.pca import PCAProjection
+    from openrecog.models.taps import fit_tap_gate
 
     neck = model.neck
     if neck.kind != "gap" or not isinstance(neck.fc, nn.Linear):
@@ -804,23 +815,35 @@ def init_neck_from_pca(
             f"train.neck_init_images={num_images} must exceed model.embedding_dim="
             f"{neck.fc.out_features} (PCA needs more images than components)"
         )
-    subset = Subset(dataset, spread_indices(len(dataset), num_images))
+    indices = spread_indices(len(dataset), num_images)
+    gated = model.taps is not None and model.taps.gate is not None
+    if gated and not hasattr(dataset, "part_of"):
+        raise ValueError(
+            "model.tap_gate is fitted to tell the main training data from data.extra_folders; "
+            "set data.extra_folders"
+        )
     was_training = model.training
-    feature_model = _PooledFeatures(model).eval()
+    feature_model = _PooledFeatures(model, parts=gated).eval()
     device = str(next(model.parameters()).device)
     features = ImageEncoder(feature_model, batch_size=batch_size, device=device).encode_dataset(
-        subset
+        Subset(dataset, indices)
     )
     model.train(was_training)
+    stats: dict[str, float] = {}
+    if gated:
+        parts = list(torch.as_tensor(features).split(feature_model.part_dims, dim=1))
+        is_main = np.array([dataset.part_of(i) == 0 for i in indices], dtype=np.float64)
+        stats.update(fit_tap_gate(model.taps, parts[0], is_main))
+        features = model.taps.join(parts).numpy()
     pca = PCAProjection(features.shape[1], neck.fc.out_features)
-    stats = pca.fit(features)
+    stats.update(pca.fit(features))
     # fc(x) = W x + b on raw features; the PCA works on L2-normalised ones, so fold a
     # typical feature norm into W to keep the same directions at the right scale.
     norm = float(np.median(np.linalg.norm(features, axis=1)))
     scale = torch.ones(pca.out_dim)
     if whiten:
         projected = pca(torch.as_tensor(features))
-        scale = 1.0 / projected.std(dim=0).clamp_min(1e-6)
+        scale = projected.std(dim=0).clamp_min(1e-6).pow(-whiten_power)
     neck.fc.weight.copy_(pca.components * scale[:, None] / norm)
     neck.fc.bias.copy_(-(pca.components @ pca.mean) * scale)
     return {**stats, "images": float(len(features))}
@@ -839,16 +862,28 @@ def spread_indices(length: int, count: int) -> list[int]:
 
 
 class _PooledFeatures(nn.Module):
-    """Backbone + global average pooling, shaped like an Embedder for the ImageEncoder."""
+    """Backbone + global average pooling, shaped like an Embedder for the ImageEncoder.
 
-    def __init__(self, model: Embedder) -> None:
+    With ``parts`` the taps' L2-normalised parts come out unweighted, side by side, and
+    ``part_dims`` (set by the first batch) says how to split them.
+    """
+
+    def __init__(self, model: Embedder, parts: bool = False) -> None:
         super().__init__()
         self.model = model
         self.config = model.config
         self.embedding_dim = model.neck.fc.in_features
+        self.parts = parts
+        self.part_dims: list[int] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(images).mean(dim=(2, 3)).float()
+        if not self.parts:
+            return self.model.forward_features(images).mean(dim=(2, 3)).float()
+        taps = self.model.taps
+        last, inner = self.model.backbone.forward_intermediates(images, indices=taps.indices)
+        pieces = taps.pooled_parts(last, inner)
+        self.part_dims = [piece.shape[1] for piece in pieces]
+        return torch.cat(pieces, dim=1).float()
 
 
 def views_per_class(data: DataConfig) -> int:
