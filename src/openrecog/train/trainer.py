@@ -834,7 +834,7 @@ def init_neck_from_pca(
         parts = list(torch.as_tensor(features).split(feature_model.part_dims, dim=1))
         is_main = np.array([dataset.part_of(i) == 0 for i in indices], dtype=np.float64)
         stats.update(fit_tap_gate(model.taps, parts[0], is_main))
-        features = model.taps.join(parts).numpy()
+        features = model.taps.join([part.to(device) for part in parts]).cpu().numpy()
     pca = PCAProjection(features.shape[1], neck.fc.out_features)
     stats.update(pca.fit(features))
     # fc(x) = W x + b on raw features; the PCA works on L2-normalised ones, so fold a
