@@ -57,13 +57,7 @@ def tapped_features(root: Path, image_size: int) -> tuple[dict[str, np.ndarray],
     )
     model = create_model(config).eval()
     # The joined vector is the last map's GAP, then each inner map's grid cells, in PARTS order.
-    backbone = model.backbone
-    widths = [
-        backbone.num_features
-        if index is None
-        else backbone.feature_info[index]["num_chs"] * GRID**2
-        for index in PARTS.values()
-    ]
+    widths = model.tap_part_widths()
     dataset = csv_dataset(root, split="test")
     joined = ImageEncoder(model, batch_size=32).encode_dataset(dataset, progress=True)
     assert sum(widths) == joined.shape[1], "the joined layout does not match PARTS"

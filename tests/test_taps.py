@@ -62,6 +62,31 @@ def test_embedder_with_taps_feeds_the_joined_vector_to_the_neck() -> None:
         assert model(torch.randn(1, 3, 96, 96)).shape == (1, 32)
 
 
+def test_tap_parts_are_the_unweighted_pieces_of_the_joined_vector() -> None:
+    torch.manual_seed(0)
+    model = create_model(CONFIG, pretrained=False).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        parts = model.forward_tap_parts(images)
+        joined = model.forward_features(images).flatten(1)
+    widths = model.tap_part_widths()
+    assert widths == [model.backbone.num_features, 32, 48 * 4]
+    assert [part.shape[1] for part in parts] == widths
+    for part in parts:
+        torch.testing.assert_close(part.norm(dim=1), torch.ones(2))
+    weights = [1.0, 2.0, 0.5]  # the GAP, then the taps in network order (index 2, then 3)
+    for piece, part, weight in zip(joined.split(widths, dim=1), parts, weights, strict=True):
+        torch.testing.assert_close(piece, weight * part)
+
+
+def test_tap_parts_of_a_model_without_taps_are_a_clear_error() -> None:
+    model = create_model(ModelConfig(**{**CONFIG.model_dump(), "taps": []}), pretrained=False)
+    with pytest.raises(ValueError, match="no model.taps"):
+        model.forward_tap_parts(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="no model.taps"):
+        model.tap_part_widths()
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -109,8 +109,32 @@ class Embedder(nn.Module):
         """Backbone feature map ``(B, C, H, W)``; ``(B, D, 1, 1)`` joined vectors with taps."""
         if self.taps is None:
             return self.backbone.forward_features(images)
-        last, inner = self.backbone.forward_intermediates(images, indices=self.taps.indices)
-        return self.taps(last, inner)
+        return self.taps.join(self.forward_tap_parts(images))[:, :, None, None]
+
+    def forward_tap_parts(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The taps' parts before any weight or gate, widths :meth:`tap_part_widths`.
+
+        The last map's L2-normalised GAP, then each tap's L2-normalised grid cells, in
+        network order; what the tap gate and the neck's PCA start are fitted on.
+        """
+        taps = self._require_taps()
+        last, inner = self.backbone.forward_intermediates(images, indices=taps.indices)
+        return taps.pooled_parts(last, inner)
+
+    def tap_part_widths(self) -> list[int]:
+        """Widths of the parts of :meth:`forward_tap_parts`: ``C_last``, then ``C_i · grid_i²``."""
+        taps = self._require_taps()
+        info = self.backbone.feature_info
+        cells = [
+            info[index]["num_chs"] * grid**2
+            for index, grid in zip(taps.indices, taps.grids, strict=True)
+        ]
+        return [self.backbone.num_features, *cells]
+
+    def _require_taps(self) -> MultiLevelPool:
+        if self.taps is None:
+            raise ValueError("this model has no model.taps")
+        return self.taps
 
     def forward_unnormalized(self, images: torch.Tensor) -> torch.Tensor:
         """Embedding before L2 normalisation (what margin heads normalise themselves)."""

@@ -831,7 +831,7 @@ def init_neck_from_pca(
     model.train(was_training)
     stats: dict[str, float] = {}
     if gated:
-        parts = list(torch.as_tensor(features).split(feature_model.part_dims, dim=1))
+        parts = list(torch.as_tensor(features).split(model.tap_part_widths(), dim=1))
         is_main = np.array([dataset.part_of(i) == 0 for i in indices], dtype=np.float64)
         stats.update(fit_tap_gate(model.taps, parts[0], is_main))
         features = model.taps.join([part.to(device) for part in parts]).cpu().numpy()
@@ -864,8 +864,8 @@ def spread_indices(length: int, count: int) -> list[int]:
 class _PooledFeatures(nn.Module):
     """Backbone + global average pooling, shaped like an Embedder for the ImageEncoder.
 
-    With ``parts`` the taps' L2-normalised parts come out unweighted, side by side, and
-    ``part_dims`` (set by the first batch) says how to split them.
+    With ``parts`` the taps' L2-normalised parts come out unweighted, side by side
+    (:meth:`~openrecog.models.embedder.Embedder.forward_tap_parts`).
     """
 
     def __init__(self, model: Embedder, parts: bool = False) -> None:
@@ -874,16 +874,11 @@ class _PooledFeatures(nn.Module):
         self.config = model.config
         self.embedding_dim = model.neck.fc.in_features
         self.parts = parts
-        self.part_dims: list[int] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if not self.parts:
             return self.model.forward_features(images).mean(dim=(2, 3)).float()
-        taps = self.model.taps
-        last, inner = self.model.backbone.forward_intermediates(images, indices=taps.indices)
-        pieces = taps.pooled_parts(last, inner)
-        self.part_dims = [piece.shape[1] for piece in pieces]
-        return torch.cat(pieces, dim=1).float()
+        return torch.cat(self.model.forward_tap_parts(images), dim=1).float()
 
 
 def views_per_class(data: DataConfig) -> int:
