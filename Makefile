@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# Rebuild the shipped default model from scratch (about 30 minutes on 2 CPU cores).
+# Rebuild the shipped default models from scratch (about 40 minutes on 2 CPU cores).
 default-model: $(STAMP)
 	$(PY) scripts/build_stamps.py
 	$(VENV)/bin/openrecog train configs/default.yaml
