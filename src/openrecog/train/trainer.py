@@ -823,7 +823,7 @@ def init_neck_from_pca(
             "set data.extra_folders"
         )
     was_training = model.training
-    feature_model = _PooledFeatures(model, parts=gated).eval()
+    feature_model = PooledFeatures(model, parts=gated).eval()
     device = str(next(model.parameters()).device)
     features = ImageEncoder(feature_model, batch_size=batch_size, device=device).encode_dataset(
         Subset(dataset, indices)
@@ -861,7 +861,7 @@ def spread_indices(length: int, count: int) -> list[int]:
     return np.linspace(0, length - 1, count).round().astype(int).tolist()
 
 
-class _PooledFeatures(nn.Module):
+class PooledFeatures(nn.Module):
     """Backbone + global average pooling, shaped like an Embedder for the ImageEncoder.
 
     With ``parts`` the taps' L2-normalised parts come out unweighted, side by side
@@ -876,6 +876,7 @@ class _PooledFeatures(nn.Module):
         self.parts = parts
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` float32: the neck's input, or the taps' unweighted parts."""
         if not self.parts:
             return self.model.forward_features(images).mean(dim=(2, 3)).float()
         return torch.cat(self.model.forward_tap_parts(images), dim=1).float()

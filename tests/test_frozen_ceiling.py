@@ -1,0 +1,62 @@
+"""bench/frozen_ceiling.py's shrinkage LDA solves the generalised eigenproblem it claims to."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ceiling_module():
+    # The bench scripts import their shared helpers (bench/machine.py) as top-level modules.
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(
+        "frozen_ceiling", ROOT / "bench" / "frozen_ceiling.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scatter(x: np.ndarray, labels: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    within = sum(
+        np.cov(x[labels == c].T, bias=True) * np.mean(labels == c) for c in np.unique(labels)
+    )
+    between = sum(
+        np.mean(labels == c)
+        * np.outer(x[labels == c].mean(0) - mean, x[labels == c].mean(0) - mean)
+        for c in np.unique(labels)
+    )
+    dim = x.shape[1]
+    return (1 - shrinkage) * within + shrinkage * np.trace(within) / dim * np.eye(dim), between
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 0.5])
+def test_shrinkage_lda_axes_solve_the_generalised_eigenproblem(shrinkage: float) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 30)
+    centres = rng.normal(size=(4, 6)) * 3
+    x = centres[labels] + rng.normal(size=(120, 6)) * np.linspace(0.2, 2.0, 6)
+    axes = _ceiling_module().shrinkage_lda(x, list(labels), shrinkage)
+    within, between = _scatter(x, labels, shrinkage)
+    assert axes.shape == (3, 6)  # classes - 1 discriminant axes
+    np.testing.assert_allclose(axes @ within @ axes.T, np.eye(3), atol=1e-8)
+    gains = np.diag(axes @ between @ axes.T)
+    np.testing.assert_allclose(axes @ between @ axes.T, np.diag(gains), atol=1e-8)
+    assert np.all(np.diff(gains) <= 1e-12)  # most discriminant first
+    np.testing.assert_allclose(between @ axes.T, within @ axes.T * gains, atol=1e-8)
+
+
+def test_shrinkage_lda_separates_classes_that_raw_distances_mix() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 40)
+    x = rng.normal(size=(120, 8)) * np.array([10.0] * 7 + [0.1])  # large nuisance axes
+    x[:, 7] += labels  # the class lives on the quietest axis
+    axes = _ceiling_module().shrinkage_lda(x, list(labels), 0.0)
+    z = x @ axes[:1].T
+    assert np.corrcoef(z[:, 0], labels)[0, 1] ** 2 > 0.95
