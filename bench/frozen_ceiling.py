@@ -9,9 +9,9 @@ what *any* linear map of the same neck input (the gated, joined 2288-d features)
 to tell a neck problem from a features problem:
 
 - the shipped neck, and the neck input itself, L2-normalised;
-- the neck's PCA start at several widths: whitened PCA of the neck input over the model's
-  own training images (``train.neck_init_images`` of the training config, spread over
-  documents and stamps exactly as the trainer picks them);
+- the neck's PCA start at several widths, computed by the trainer's own ``pca_start`` (whitened
+  as the training config says) over the model's own training images
+  (``train.neck_init_images``, spread over documents and stamps as the trainer picks them);
 - a supervised upper bound: shrinkage LDA fitted on the SROIE *train* split (real receipts,
   class-disjoint from the test split), evaluated on the SROIE test split.
 
@@ -39,7 +39,7 @@ from openrecog.eval.metrics import evaluate_embeddings
 from openrecog.eval.table import format_table
 from openrecog.models import load_model
 from openrecog.models.encoder import ImageEncoder
-from openrecog.train.trainer import PooledFeatures, spread_indices
+from openrecog.train.trainer import PooledFeatures, pca_start, spread_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = (("sroie", "test"), ("sroie", "train"), ("caltech101", "test"))
@@ -48,13 +48,6 @@ SETS = (("sroie", "test"), ("sroie", "train"), ("caltech101", "test"))
 def unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length."""
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
-
-
-def whitened_pca(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(mean, axes, std)`` of the features' principal axes, largest variance first."""
-    mean = features.mean(axis=0)
-    _, singular, axes = np.linalg.svd(features - mean, full_matrices=False)
-    return mean, axes, singular / np.sqrt(len(features) - 1)
 
 
 def shrinkage_lda(features: np.ndarray, labels: list, shrinkage: float) -> np.ndarray:
@@ -138,10 +131,12 @@ def main() -> None:
         metrics_row(f"shipped neck ({shipped_dim}-d)", shipped, labels),
         metrics_row(f"neck input ({start.shape[1]}-d)", inputs, labels),
     ]
-    mean, axes, std = whitened_pca(start)
+    power = config.train.neck_init_whiten_power if config.train.neck_init_whiten else None
     for dim in args.dims:
-        projected = {k: (x - mean) @ axes[:dim].T / std[:dim] for k, x in inputs.items()}
-        rows.append(metrics_row(f"whitened PCA start, {dim}-d", projected, labels))
+        pca, scale, _ = pca_start(start, dim, power)
+        with torch.no_grad():
+            projected = {k: (pca(torch.from_numpy(x)) * scale).numpy() for k, x in inputs.items()}
+        rows.append(metrics_row(f"PCA start (the trainer's), {dim}-d", projected, labels))
     receipts = inputs["sroie train"]
     for shrinkage in args.lda_shrinkage:
         lda = shrinkage_lda(receipts, labels["sroie train"], shrinkage)

@@ -40,6 +40,7 @@ from openrecog.models import (
 )
 from openrecog.models.budget import check_param_budget, count_parameters
 from openrecog.models.classifier import Classifier, save_classifier_head
+from openrecog.models.pca import PCAProjection
 from openrecog.train.checkpoint import (
     capture_rng_state,
     list_checkpoints,
@@ -801,7 +802,6 @@ def init_neck_from_pca(
     from torch.utils.data import Subset
 
     from openrecog.models.encoder import ImageEncoder
-    from openrecog.models.pca import PCAProjection
     from openrecog.models.taps import fit_tap_gate
 
     neck = model.neck
@@ -835,18 +835,32 @@ def init_neck_from_pca(
         is_main = np.array([dataset.part_of(i) == 0 for i in indices], dtype=np.float64)
         stats.update(fit_tap_gate(model.taps, parts[0], is_main))
         features = model.taps.join([part.to(device) for part in parts]).cpu().numpy()
-    pca = PCAProjection(features.shape[1], neck.fc.out_features)
-    stats.update(pca.fit(features))
+    pca, scale, fit = pca_start(features, neck.fc.out_features, whiten_power if whiten else None)
+    stats.update(fit)
     # fc(x) = W x + b on raw features; the PCA works on L2-normalised ones, so fold a
     # typical feature norm into W to keep the same directions at the right scale.
     norm = float(np.median(np.linalg.norm(features, axis=1)))
-    scale = torch.ones(pca.out_dim)
-    if whiten:
-        projected = pca(torch.as_tensor(features))
-        scale = projected.std(dim=0).clamp_min(1e-6).pow(-whiten_power)
     neck.fc.weight.copy_(pca.components * scale[:, None] / norm)
     neck.fc.bias.copy_(-(pca.components @ pca.mean) * scale)
     return {**stats, "images": float(len(features))}
+
+
+@torch.no_grad()
+def pca_start(
+    features: np.ndarray, out_dim: int, whiten_power: float | None = None
+) -> tuple[PCAProjection, torch.Tensor, dict[str, float]]:
+    """The neck's PCA start: ``(pca, scale, fit statistics)`` of ``(N, D)`` features.
+
+    ``pca(x) * scale`` is the start's projection; ``scale`` is every principal axis's standard
+    deviation on ``features`` to the power ``-whiten_power``, or ones without whitening.
+    """
+    pca = PCAProjection(features.shape[1], out_dim)
+    stats = pca.fit(features)
+    scale = torch.ones(out_dim)
+    if whiten_power is not None:
+        projected = pca(torch.as_tensor(features))
+        scale = projected.std(dim=0).clamp_min(1e-6).pow(-whiten_power)
+    return pca, scale, stats
 
 
 def spread_indices(length: int, count: int) -> list[int]:
