@@ -1,23 +1,11 @@
 """Every row of bench/ablate.py is a valid config, so the ablation cannot rot silently."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 from openrecog.config import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.bench_scripts import load_bench_script
 
 
 def _ablate_module():
-    # The bench scripts import their shared helpers (bench/machine.py) as top-level modules.
-    if str(ROOT / "bench") not in sys.path:
-        sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("ablate", ROOT / "bench" / "ablate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ablate"] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("ablate")
 
 
 def test_every_ablation_row_is_a_valid_config_that_differs_from_the_base() -> None:

@@ -1,25 +1,13 @@
 """bench/frozen_ceiling.py's shrinkage LDA solves the generalised eigenproblem it claims to."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.bench_scripts import load_bench_script
 
 
 def _ceiling_module():
-    # The bench scripts import their shared helpers (bench/machine.py) as top-level modules.
-    if str(ROOT / "bench") not in sys.path:
-        sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(
-        "frozen_ceiling", ROOT / "bench" / "frozen_ceiling.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("frozen_ceiling")
 
 
 def _scatter(x: np.ndarray, labels: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
