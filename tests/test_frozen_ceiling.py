@@ -1,9 +1,15 @@
-"""bench/frozen_ceiling.py's shrinkage LDA solves the generalised eigenproblem it claims to."""
+"""bench/frozen_ceiling.py: its shrinkage LDA and the neck inputs it rebuilds from tap parts."""
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+from openrecog.config import TapGate
+from openrecog.models import create_model
+from openrecog.models.encoder import ImageEncoder
 from tests.bench_scripts import load_bench_script
+from tests.test_taps import CONFIG
 
 
 def _ceiling_module():
@@ -48,3 +54,22 @@ def test_shrinkage_lda_separates_classes_that_raw_distances_mix() -> None:
     axes = _ceiling_module().shrinkage_lda(x, list(labels), 0.0)
     z = x @ axes[:1].T
     assert np.corrcoef(z[:, 0], labels)[0, 1] ** 2 > 0.95
+
+
+def test_neck_inputs_rebuilt_from_tap_parts_are_what_the_neck_reads() -> None:
+    config = CONFIG.model_copy(update={"tap_gate": TapGate(low=0.5, high=2.0)})
+    torch.manual_seed(0)
+    model = create_model(config, pretrained=False).eval()
+    model.taps.gate_weight.normal_()  # a non-trivial gate: every image gets its own weight
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(3)]
+    ceiling = _ceiling_module()
+    parts = ceiling.tap_parts(model, [(image, 0) for image in images])
+    batch = torch.stack([ImageEncoder(model).transform(image) for image in images])
+    with torch.no_grad():
+        expected = model.forward_features(batch).flatten(1).numpy()
+        gap = torch.nn.functional.normalize(
+            model.backbone.forward_features(batch).mean(dim=(2, 3)), dim=1
+        ).numpy()
+    np.testing.assert_allclose(ceiling.neck_inputs(model, parts), expected, atol=1e-5)
+    np.testing.assert_allclose(ceiling.gap_part(model, parts), gap, atol=1e-5)
