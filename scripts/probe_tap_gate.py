@@ -33,6 +33,7 @@ from openrecog.eval.metrics import evaluate_embeddings
 from openrecog.models import create_model
 from openrecog.models.encoder import ImageEncoder
 from openrecog.models.taps import MultiLevelPool, fit_tap_gate
+from openrecog.train.trainer import pca_start
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -117,14 +118,12 @@ def main() -> None:
         train_cells = cells(train_maps, grid)
         test_cells = {name: cells(maps, grid) for name, (_, maps, _) in tests.items()}
         for low, high, power in settings:
-            x = join(train_gap, train_cells, low, high)
-            mean = x.mean(0)
-            _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
-            w = vt[:256].T / (singular[:256] / np.sqrt(len(x) - 1)) ** power
+            # The trainer's own neck start: whitened PCA of the gated training features.
+            pca, scale, _ = pca_start(join(train_gap, train_cells, low, high), 256, power)
             line = [f"grid={grid} low={low} high={high} power={power}"]
             for name, (gap, _, labels) in tests.items():
-                joined = join(gap, test_cells[name], low, high)
-                m = evaluate_embeddings(_unit((joined - mean) @ w), list(labels))
+                joined = torch.as_tensor(join(gap, test_cells[name], low, high))
+                m = evaluate_embeddings(_unit((pca(joined) * scale).numpy()), list(labels))
                 line.append(f"{name} {m['map@5']:.3f}/{m['mp@5']:.3f}/{m['tpr@fpr=1e-03']:.3f}")
             print(" | ".join(line), flush=True)
 
